@@ -1,0 +1,308 @@
+"""Typed experiment configuration: YAML loading, dotted overrides and validation.
+
+Every hyperparameter lives here with the official default. Method-specific parameters
+live in the method's own config class (registered in ``pipeline.methods``) and are
+validated through the ``method.name`` discriminator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line naming the key and value."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys and silent coercions are rejected."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(Section):
+    """The procedural shapes data set (no files on disk)."""
+
+    num_train: int = Field(5000, ge=1)
+    num_test: int = Field(1000, ge=1)
+    num_superclasses: int = Field(4, ge=1, le=64)
+    classes_per_superclass: int = Field(5, ge=1, le=64)
+
+
+class DataConfig(Section):
+    """Where the images come from and how they are read."""
+
+    source: Literal["synthetic", "cifar10", "cifar100", "stl10", "image_folder", "list_file", "parquet"] = "synthetic"
+    root: str | None = None
+    train_list: str | None = None
+    test_list: str | None = None
+    train_dir: str = "train"
+    test_dir: str = "val"
+    stl10_unlabeled: bool = False
+    download: bool = False
+    image_size: int = Field(32, ge=16, le=512)
+    long_tail_ratio: float | None = Field(None, ge=1.0)
+    skip_corrupt: bool = False
+    num_workers: int = Field(2, ge=0)
+    seed: int = 0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    blur: bool | None = None
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _three_channels(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and len(value) != 3:
+            raise ValueError(f"needs 3 values (one per RGB channel), got {len(value)}")
+        return value
+
+
+class ModelConfig(Section):
+    """Backbone, normalisation and projection head."""
+
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    cifar_stem: bool = False
+    width: int = Field(64, ge=4, le=256)
+    batch_norm: Literal["auto", "plain", "split", "sync", "shuffle"] = "auto"
+    bn_splits: int = Field(8, ge=1)
+    proj_hidden_dim: int | None = Field(None, ge=1)
+    proj_dim: int = Field(128, ge=1)
+
+
+class MethodConfig(Section):
+    """Base of every method's parameters; ``name`` selects the registered method."""
+
+    name: str = "moco"
+
+
+class OptimConfig(Section):
+    """Optimiser and learning-rate schedule (stepped every iteration)."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.03, gt=0)
+    lr_batch_reference: int = Field(256, ge=1)
+    scale_lr: bool = True
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr: float = Field(0.0, ge=0)
+
+
+class TrainConfig(Section):
+    """Epochs, batch and numerics."""
+
+    epochs: int = Field(200, ge=1)
+    batch_size: int = Field(256, ge=1)
+    seed: int = 0
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    log_every_steps: int = Field(50, ge=1)
+    inject_failure_at_epoch: int | None = Field(None, ge=0)
+
+
+class EvalConfig(Section):
+    """Per-epoch kNN monitor and baselines."""
+
+    knn_k: int = Field(200, ge=1)
+    knn_temperature: float = Field(0.1, gt=0)
+    knn_every: int = Field(1, ge=1)
+    pixel_baseline: bool = True
+
+
+class RayConfig(Section):
+    """Workers, placement, fault tolerance and where checkpoints are stored."""
+
+    address: str | None = None
+    num_workers: int = Field(1, ge=0)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: int = Field(0, ge=-1)
+    storage_path: str = "runs"
+    run_name: str | None = None
+    resume: Literal["auto", "never", "must"] = "auto"
+    num_cpus: int | None = Field(None, ge=1)
+    object_store_memory: int | None = Field(None, ge=78643200)
+
+
+class TrackingConfig(Section):
+    """MLflow: where runs are recorded and what happens when the store is unreachable."""
+
+    uri: str | None = None
+    experiment: str = "contrastive"
+    run_name: str | None = None
+    fallback_uri: str | None = None
+    parent_run_id: str | None = None
+    tags: dict[str, str] = {}
+
+
+class ExperimentConfig(Section):
+    """One experiment: everything a pretraining run needs."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    method: SerializeAsAny[MethodConfig] = Field(default={"name": "moco"}, validate_default=True)
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method_params(cls, value: Any) -> MethodConfig:
+        from pipeline.methods import method_config_class
+
+        if isinstance(value, MethodConfig):
+            value = value.model_dump()
+        if not isinstance(value, dict):
+            raise ValueError("must be a mapping with at least 'name'")
+        params = dict(value)
+        config_class = method_config_class(str(params.get("name", MethodConfig().name)))
+        return config_class(**params)
+
+
+def _format_error(error: ValidationError) -> str:
+    """Return one line naming each offending key, its value and what is allowed."""
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+            continue
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" = {value!r}"
+        parts.append(f"{key}{shown}: {message}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def parse_value(text: str) -> Any:
+    """Return a typed value from an override's text (YAML scalars and flow lists)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse override value {text!r}: {exc.problem}") from None
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``value`` at ``section.key`` (any depth) inside a raw config mapping."""
+    keys = [k for k in dotted.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {dotted!r} names no key")
+    node = raw
+    for depth, key in enumerate(keys[:-1]):
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override key '{'.'.join(keys[: depth + 1])}' is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.key=value`` command-line override to a raw config mapping."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    dotted, text = assignment.split("=", 1)
+    set_dotted(raw, dotted, parse_value(text))
+
+
+def load_raw(path: str | Path) -> dict[str, Any]:
+    """Return the mapping stored in a YAML config file."""
+    candidate = Path(path)
+    if not candidate.exists() and not candidate.is_absolute() and (CONFIG_DIR / candidate).exists():
+        candidate = CONFIG_DIR / candidate
+    if not candidate.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(candidate.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {candidate} must hold a mapping of sections")
+    return raw
+
+
+def build_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """Return the validated config for a raw mapping, or raise ConfigError in one line."""
+    try:
+        return ExperimentConfig(**raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Return the validated config from a YAML file (or defaults) plus dotted overrides."""
+    raw = load_raw(path) if path is not None else {}
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    return build_config(raw)
+
+
+def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """Return a new validated config with ``{dotted.key: value}`` applied to ``config``."""
+    raw = config.model_dump()
+    for dotted, value in overrides.items():
+        set_dotted(raw, dotted, value)
+    return build_config(raw)
+
+
+def to_yaml(config: ExperimentConfig) -> str:
+    """Return the resolved config as YAML text."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(config: ExperimentConfig) -> dict[str, Any]:
+    """Return ``{section.key: value}`` for every leaf of the config (for MLflow params)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            flat[prefix] = node
+
+    walk("", config.model_dump(mode="json"))
+    return flat
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--set`` and ``--print-config`` to a command-line parser."""
+    parser.add_argument("--config", help="YAML experiment config (path, or a name in configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value; repeatable (lists as [3000,2000,1000])",
+    )
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """Return the validated config named by parsed arguments; exit 2 with one line if invalid."""
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.print_config:
+        print(to_yaml(config), end="")
+        raise SystemExit(0)
+    return config

@@ -1,0 +1,106 @@
+"""Feature extraction over a sharded loader and the per-epoch weighted kNN monitor across workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.evaluation.knn import weighted_knn_predict
+
+
+def _distributed() -> bool:
+    """Return whether a process group with more than one member is active."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module,
+    batches: Iterable,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return L2-normalised pooled features ``[n, D]`` (float32) and sample indices ``[n]`` of this worker's shard."""
+    was_training = backbone.training
+    backbone.eval()
+    features, indices = [], []
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    autocast = (
+        torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
+    )
+    with autocast:
+        for images, _, index in batches:
+            images = images.to(device, non_blocking=True, memory_format=memory_format)
+            features.append(F.normalize(backbone(images).float(), dim=1))
+            indices.append(index.to(device, non_blocking=True))
+    backbone.train(was_training)
+    if not features:
+        width = getattr(backbone, "feature_dim", 0)
+        return torch.zeros(0, width, device=device), torch.zeros(0, dtype=torch.long, device=device)
+    return torch.cat(features), torch.cat(indices).long()
+
+
+def gather_by_index(values: torch.Tensor, indices: torch.Tensor, total: int) -> torch.Tensor:
+    """Return ``[total, ...]`` holding every worker's ``values`` placed at their sample ``indices``.
+
+    Workers may hold different numbers of rows (padding samplers repeat some): rows are padded
+    to the largest count for the all-gather and a repeated index simply writes the same row twice.
+    """
+    result = values.new_zeros((total, *values.shape[1:]))
+    if not _distributed():
+        result[indices] = values
+        return result
+    count = torch.tensor([values.shape[0]], device=values.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    largest = int(torch.stack(counts).max())
+    padded_values = values.new_zeros((largest, *values.shape[1:]))
+    padded_values[: values.shape[0]] = values
+    padded_indices = indices.new_zeros(largest)
+    padded_indices[: indices.shape[0]] = indices
+    gathered_values = [torch.empty_like(padded_values) for _ in counts]
+    gathered_indices = [torch.empty_like(padded_indices) for _ in counts]
+    dist.all_gather(gathered_values, padded_values)
+    dist.all_gather(gathered_indices, padded_indices)
+    for rank_count, rank_values, rank_indices in zip(counts, gathered_values, gathered_indices, strict=True):
+        n = int(rank_count)
+        result[rank_indices[:n]] = rank_values[:n]
+    return result
+
+
+def knn_monitor(
+    backbone: nn.Module,
+    memory_batches: Iterable,
+    memory_labels: torch.Tensor,
+    query_batches: Iterable,
+    query_labels: torch.Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+    device: torch.device,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> float:
+    """Return weighted-kNN top-1 (percent) of the query set against the memory bank, computed across workers.
+
+    Each worker embeds its shard of both sets; the bank is all-gathered, each worker classifies its
+    own queries, and per-sample correctness is gathered by index so that padded repeats count once.
+    """
+    memory_features, memory_index = extract_features(backbone, memory_batches, device, autocast_dtype, channels_last)
+    bank = gather_by_index(memory_features, memory_index, memory_labels.shape[0])
+    query_features, query_index = extract_features(backbone, query_batches, device, autocast_dtype, channels_last)
+    predictions = weighted_knn_predict(
+        bank, memory_labels.to(device), query_features, num_classes, k=k, temperature=temperature
+    )
+    correct = (predictions == query_labels.to(device)[query_index]).float()
+    seen = torch.ones_like(correct)
+    total = query_labels.shape[0]
+    correct_all = gather_by_index(correct, query_index, total)
+    seen_all = gather_by_index(seen, query_index, total)
+    return float(100.0 * correct_all.sum() / seen_all.sum().clamp_min(1))

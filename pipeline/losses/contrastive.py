@@ -1,0 +1,88 @@
+"""Instance-discrimination losses: MoCo InfoNCE against a queue, and SupCon / SimCLR over several views."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Return the mean MoCo InfoNCE loss: cross-entropy of ``[q·k, q·queueᵀ] / T`` with target column 0.
+
+    ``q`` and ``k`` are ``[B, D]``, ``queue`` is ``[K, D]``; all are expected L2-normalised by the
+    caller. Nothing is detached here: the caller decides where gradient flows (MoCo passes keys
+    computed under no-grad and the queue is a buffer).
+    """
+    if q.dim() != 2 or k.shape != q.shape:
+        raise ValueError(f"info_nce expects q and k of equal shape [B, D], got q {tuple(q.shape)} k {tuple(k.shape)}")
+    if queue.dim() != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(f"info_nce expects queue [K, D] with D = {q.shape[1]}, got {tuple(queue.shape)}")
+    positive = (q * k).sum(dim=1, keepdim=True)  # [B, 1]
+    negatives = q @ queue.T  # [B, K]
+    logits = torch.cat([positive, negatives], dim=1) / temperature  # [B, 1+K]
+    targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
+    return F.cross_entropy(logits, targets)
+
+
+def supcon(
+    features: torch.Tensor,
+    labels: torch.Tensor | None = None,
+    temperature: float = 0.1,
+    base_temperature: float = 0.07,
+    anchor_views: Sequence[int] | None = None,
+    drop_anchors_without_positives: bool = False,
+) -> torch.Tensor:
+    """Return the mean SupCon loss over ``features [B, V, D]`` (SimCLR's NT-Xent when ``labels`` is None).
+
+    The contrast set stacks the views view-major (all samples of view 0, then view 1, ...). Anchors
+    are every contrast row, or only the rows of the views listed in ``anchor_views``. Positives of
+    an anchor share its label (without labels: are the other views of the same sample), the anchor
+    itself excluded; the softmax denominator holds every non-self entry. Per-anchor loss is
+    ``-(T / T_base)`` times the mean log-probability of its positives. An anchor without positives
+    contributes 0 and still counts in the mean unless ``drop_anchors_without_positives`` is set.
+    """
+    if features.dim() != 3:
+        raise ValueError(f"supcon expects features [B, V, D], got shape {tuple(features.shape)}")
+    batch, views, _ = features.shape
+    if labels is not None and (labels.dim() != 1 or labels.shape[0] != batch):
+        raise ValueError(f"supcon expects labels [B] with B = {batch}, got shape {tuple(labels.shape)}")
+    anchor_view_list = list(range(views)) if anchor_views is None else [int(view) for view in anchor_views]
+    if not anchor_view_list or any(view < 0 or view >= views for view in anchor_view_list):
+        raise ValueError(
+            f"supcon anchor_views must be a non-empty list of view indices in [0, {views}), got {anchor_views}"
+        )
+
+    if views * batch == 1:
+        # A lone entry has nothing to contrast with: it is an anchor without positives (loss 0), and the
+        # general path would take the log of an empty denominator.
+        return features.sum() * 0.0
+
+    device = features.device
+    contrast = features.transpose(0, 1).reshape(views * batch, -1)  # [V*B, D], view-major
+    # Without labels each sample is its own class, so "same label" means "other view of the same sample".
+    sample_labels = torch.arange(batch, device=device) if labels is None else labels
+    contrast_labels = sample_labels.repeat(views)  # [V*B]
+    samples = torch.arange(batch, device=device)
+    # Offsets are applied per view with Python ints so no index list is copied from the host each step.
+    anchor_index = torch.cat([samples + view * batch for view in anchor_view_list])  # [A], A = len(anchor_views)*B
+    anchors = contrast[anchor_index]  # [A, D]
+
+    contrast_index = torch.arange(views * batch, device=device)
+    self_mask = anchor_index[:, None] == contrast_index[None, :]  # [A, V*B]
+    positive_mask = (contrast_labels[anchor_index][:, None] == contrast_labels[None, :]) & ~self_mask  # [A, V*B]
+
+    logits = (anchors @ contrast.T) / temperature  # [A, V*B]
+    # Masking self with -inf before the exp keeps the self logit out of the max, the sum and the gradient.
+    non_self_logits = logits.masked_fill(self_mask, float("-inf"))
+    shifted = non_self_logits - non_self_logits.amax(dim=1, keepdim=True).detach()
+    log_prob = shifted - shifted.exp().sum(dim=1, keepdim=True).log()  # [A, V*B]; -inf on self only
+    positive_log_prob = log_prob.masked_fill(~positive_mask, 0.0).sum(dim=1)  # [A]
+    positive_count = positive_mask.sum(dim=1).to(features.dtype)  # [A]
+    anchor_loss = -(temperature / base_temperature) * positive_log_prob / positive_count.clamp_min(1.0)  # [A]
+
+    if drop_anchors_without_positives:
+        counted = (positive_count > 0).to(features.dtype).sum()
+        return anchor_loss.sum() / counted.clamp_min(1.0)
+    return anchor_loss.mean()

@@ -1,0 +1,51 @@
+"""Registry of pretraining methods by name; importing this package registers the built-ins."""
+
+from __future__ import annotations
+
+from pipeline.config import MethodConfig
+from pipeline.methods.base import Method, MethodContext, StepInfo
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(method_class: type[Method]) -> type[Method]:
+    """Return ``method_class`` after registering it under its ``name`` (class decorator)."""
+    if method_class.name in _REGISTRY and _REGISTRY[method_class.name] is not method_class:
+        raise ValueError(f"method name '{method_class.name}' is registered twice")
+    _REGISTRY[method_class.name] = method_class
+    return method_class
+
+
+def method_names() -> list[str]:
+    """Return the registered method names, sorted."""
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """Return the method class registered as ``name``."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method '{name}'; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """Return the config class holding the parameters of method ``name``."""
+    return get_method(name).Config
+
+
+def _load_builtins() -> None:
+    """Import the built-in method modules so that they register themselves."""
+    from pipeline.methods import moco, supcon  # noqa: F401
+
+
+__all__ = [
+    "Method",
+    "MethodContext",
+    "StepInfo",
+    "get_method",
+    "method_config_class",
+    "method_names",
+    "register_method",
+]

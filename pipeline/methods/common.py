@@ -1,0 +1,67 @@
+"""Building blocks shared by methods: encoders, momentum copies and batch-norm resolution."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from pipeline.config import ModelConfig
+from pipeline.models.backbones import ResNet, build_backbone
+from pipeline.models.heads import ProjectionHead
+
+
+class Encoder(nn.Module):
+    """Backbone followed by a projection head; returns unnormalised embeddings."""
+
+    def __init__(self, backbone: ResNet, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the head's embedding of ``images`` ``# [B, proj_dim]``."""
+        return self.head(self.backbone(images))
+
+
+def resolve_batch_norm(mode: str, world_size: int, has_momentum_encoder: bool) -> str:
+    """Return the concrete batch-norm mode (plain, split, sync, shuffle) for ``auto`` and checks the others."""
+    if mode == "auto":
+        if not has_momentum_encoder:
+            return "plain"
+        return "shuffle" if world_size > 1 else "split"
+    if mode == "shuffle" and not has_momentum_encoder:
+        raise ValueError("model.batch_norm = 'shuffle' needs a method with a momentum encoder")
+    return mode
+
+
+def build_encoder(model_config: ModelConfig, batch_norm: str) -> Encoder:
+    """Return a backbone plus MoCo v2 projection head (d -> d -> proj_dim)."""
+    backbone = build_backbone(model_config, norm="split" if batch_norm == "split" else "plain")
+    hidden = model_config.proj_hidden_dim or backbone.feature_dim
+    return Encoder(backbone, ProjectionHead(backbone.feature_dim, hidden, model_config.proj_dim))
+
+
+def momentum_copy(online: nn.Module) -> nn.Module:
+    """Return a frozen copy of ``online`` to be updated by exponential moving average."""
+    target = copy.deepcopy(online)
+    for parameter in target.parameters():
+        parameter.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, target: nn.Module, momentum: float) -> None:
+    """Move ``target``'s parameters towards ``online``'s: t = m * t + (1 - m) * o (in place)."""
+    target_params = list(target.parameters())
+    online_params = [p.detach() for p in online.parameters()]
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
+
+
+def cosine_momentum(base: float, step: int, total_steps: int) -> float:
+    """Return BYOL's cosine-increasing momentum: 1 - (1 - base) * (cos(pi * step / total) + 1) / 2."""
+    progress = min(step / max(total_steps, 1), 1.0)
+    return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0

@@ -1,0 +1,72 @@
+"""Batch normalisation layers: plain BN and split BN (MoCo's single-worker stand-in for shuffle-BN)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NormKind = Literal["plain", "split"]
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises num_splits groups of the batch separately.
+
+    Sample ``b`` belongs to group ``b % num_splits``. The running statistics are shared: each
+    group updates a copy and the copies are averaged. In eval mode this is ordinary BN.
+    """
+
+    def __init__(self, num_features: int, num_splits: int, eps: float = 1e-5, momentum: float | None = 0.1) -> None:
+        if num_splits < 1:
+            raise ValueError(f"num_splits must be at least 1, got {num_splits}")
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.num_splits = num_splits
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the normalised input, same shape as ``x`` [B, C, H, W]."""
+        if not self.training or self.num_splits == 1:
+            return super().forward(x)
+        self._check_input_dim(x)
+        batch, channels, height, width = x.shape
+        splits = self.num_splits
+        if batch % splits:
+            raise ValueError(f"batch size {batch} is not divisible by num_splits={splits} of SplitBatchNorm2d")
+        self.num_batches_tracked.add_(1)
+        factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        # Folding the groups into channels normalises them all in one batch_norm call:
+        # [B, C, H, W] -> [B/s, s*C, H, W], where channel j*C + c holds channel c of group j.
+        running_mean = self.running_mean.repeat(splits)
+        running_var = self.running_var.repeat(splits)
+        out = F.batch_norm(
+            x.reshape(batch // splits, splits * channels, height, width),
+            running_mean,
+            running_var,
+            self.weight.repeat(splits),
+            self.bias.repeat(splits),
+            True,
+            factor,
+            self.eps,
+        )
+        with torch.no_grad():
+            self.running_mean.copy_(running_mean.view(splits, channels).mean(dim=0))
+            self.running_var.copy_(running_var.view(splits, channels).mean(dim=0))
+        return out.reshape(batch, channels, height, width)
+
+    def extra_repr(self) -> str:
+        """Return BN's description plus the number of splits."""
+        return f"{super().extra_repr()}, num_splits={self.num_splits}"
+
+
+def norm_layer(kind: NormKind, splits: int = 1) -> Callable[[int], nn.Module]:
+    """Return a factory ``num_features -> BN module`` of the given kind (``splits`` only for split BN)."""
+    if kind == "plain":
+        return nn.BatchNorm2d
+    if kind == "split":
+        if splits < 1:
+            raise ValueError(f"split batch norm needs splits >= 1, got {splits}")
+        return functools.partial(SplitBatchNorm2d, num_splits=splits)
+    raise ValueError(f"unknown norm kind {kind!r}; expected 'plain' or 'split'")

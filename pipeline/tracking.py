@@ -1,0 +1,199 @@
+"""Everything MLflow: where runs are stored, opening or reusing a run, logging from workers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+MAX_BATCH = 100
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used; the message says which URI and why."""
+
+
+@dataclass(frozen=True)
+class RunHandle:
+    """Enough to log into one MLflow run from any process."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+
+def default_tracking_uri() -> str:
+    """Return the embedded default store: an absolute sqlite file in the working directory."""
+    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(config: TrackingConfig) -> str:
+    """Return the store to use: ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else the local sqlite file."""
+    return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _client(uri: str) -> Any:
+    """Return an MlflowClient bound to ``uri``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifact_root(uri: str, experiment: str) -> str | None:
+    """Return an absolute artifact folder beside a local sqlite store (None: the server decides)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///"))
+    return (database.parent / "mlartifacts" / experiment).as_uri()
+
+
+def check_store(uri: str) -> str:
+    """Return ``uri`` if the store answers a query; raise TrackingError naming it otherwise."""
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    previous = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
+    try:
+        _client(uri).search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure means the store is unusable; say why
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"MLflow tracking store {uri} cannot be reached: {reason}") from None
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return uri
+
+
+def reachable_store(config: TrackingConfig) -> str:
+    """Return a usable store URI, falling back to ``tracking.fallback_uri`` if configured, else raise."""
+    uri = resolve_tracking_uri(config)
+    try:
+        return check_store(uri)
+    except TrackingError as exc:
+        if not config.fallback_uri:
+            raise TrackingError(f"{exc} (set tracking.fallback_uri to record locally instead)") from None
+        log.warning("%s; recording to the fallback store %s instead", exc, config.fallback_uri)
+        return check_store(config.fallback_uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """Return the id of experiment ``name`` in store ``uri``, creating it if needed."""
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=_artifact_root(uri, name))
+
+
+def open_run(
+    config: TrackingConfig, run_name: str, params: Mapping[str, Any], existing_run_id: str | None = None
+) -> RunHandle:
+    """Return a handle on a new run (or ``existing_run_id`` when resuming) with params and tags logged."""
+    uri = reachable_store(config)
+    client = _client(uri)
+    exp_id = experiment_id(uri, config.experiment)
+    if existing_run_id is not None and _run_exists(client, existing_run_id):
+        client.update_run(existing_run_id, status="RUNNING")
+        handle = RunHandle(uri, client.get_run(existing_run_id).info.experiment_id, existing_run_id)
+    else:
+        tags = dict(config.tags)
+        if config.parent_run_id:
+            tags[PARENT_TAG] = config.parent_run_id
+        run = client.create_run(exp_id, tags=tags, run_name=config.run_name or run_name)
+        handle = RunHandle(uri, exp_id, run.info.run_id)
+    log_params(handle, params)
+    return handle
+
+
+def _run_exists(client: Any, run_id: str) -> bool:
+    """Return whether ``run_id`` names a run in the client's store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def log_params(handle: RunHandle, params: Mapping[str, Any]) -> None:
+    """Log params not yet on the run; a changed value is kept as it was and reported."""
+    from mlflow.entities import Param
+
+    client = _client(handle.tracking_uri)
+    logged = client.get_run(handle.run_id).data.params
+    fresh = []
+    for key, value in params.items():
+        text = str(value)
+        if key not in logged:
+            fresh.append(Param(key, text))
+        elif logged[key] != text:
+            log.warning(
+                "param %s was %s in this run and is now %s; MLflow keeps the first value", key, logged[key], text
+            )
+    for start in range(0, len(fresh), MAX_BATCH):
+        client.log_batch(handle.run_id, params=fresh[start : start + MAX_BATCH])
+
+
+def log_metrics(handle: RunHandle, metrics: Mapping[str, float], step: int) -> None:
+    """Log ``metrics`` at ``step`` in one batch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+    client = _client(handle.tracking_uri)
+    for start in range(0, len(batch), MAX_BATCH):
+        client.log_batch(handle.run_id, metrics=batch[start : start + MAX_BATCH])
+
+
+def last_logged_step(handle: RunHandle, metric: str) -> int:
+    """Return the largest step logged for ``metric`` (-1 if none): a restarted run skips those epochs."""
+    history = _client(handle.tracking_uri).get_metric_history(handle.run_id, metric)
+    return max((m.step for m in history), default=-1)
+
+
+def latest_metric(handle: RunHandle, metric: str) -> float | None:
+    """Return the latest value logged for ``metric`` on the run, or None."""
+    return _client(handle.tracking_uri).get_run(handle.run_id).data.metrics.get(metric)
+
+
+def log_text(handle: RunHandle, text: str, artifact_file: str) -> None:
+    """Store ``text`` as an artifact of the run."""
+    _client(handle.tracking_uri).log_text(handle.run_id, text, artifact_file)
+
+
+def log_artifact(handle: RunHandle, path: str | Path, artifact_path: str | None = None) -> None:
+    """Store the file at ``path`` as an artifact of the run."""
+    _client(handle.tracking_uri).log_artifact(handle.run_id, str(path), artifact_path)
+
+
+def set_tags(handle: RunHandle, tags: Mapping[str, str]) -> None:
+    """Set tags on the run."""
+    client = _client(handle.tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(handle.run_id, key, value)
+
+
+def finish_run(handle: RunHandle, status: str) -> None:
+    """Mark the run FINISHED, FAILED or KILLED."""
+    _client(handle.tracking_uri).set_terminated(handle.run_id, status=status)
+
+
+def run_url(handle: RunHandle) -> str:
+    """Return where a person finds the run: the server's page or the ``mlflow ui`` command."""
+    if handle.tracking_uri.startswith(("http://", "https://")):
+        return f"{handle.tracking_uri.rstrip('/')}/#/experiments/{handle.experiment_id}/runs/{handle.run_id}"
+    return f"mlflow ui --backend-store-uri {handle.tracking_uri}  (run {handle.run_id})"

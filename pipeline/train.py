@@ -1,0 +1,303 @@
+"""The per-worker training loop that Ray Train runs (world size 1 is just a small world)."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline import tracking
+from pipeline.checkpoints import CHECKPOINT_FILE, epoch_dir_name
+from pipeline.config import ExperimentConfig, build_config
+from pipeline.data.build import build_source
+from pipeline.data.loader import build_loader
+from pipeline.data.views import build_view
+from pipeline.evaluation.monitor import knn_monitor
+from pipeline.methods import Method, MethodContext, StepInfo, get_method
+from pipeline.methods.common import resolve_batch_norm
+from pipeline.optim import build_optimizer, lr_schedule
+
+FAILURE_MARKER = ".injected_failure"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised once by ``train.inject_failure_at_epoch`` to exercise recovery from a crashed worker."""
+
+
+def seed_everything(seed: int, *parts: int) -> None:
+    """Seed Python, NumPy and torch from ``seed`` and ``parts`` (e.g. rank and epoch)."""
+    value = int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
+    random.seed(value)
+    np.random.seed(value)
+    torch.manual_seed(value)
+
+
+def to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
+    """Return ``batch`` (tensor or nested dict of tensors) on ``device``; 4-D images optionally channels-last."""
+    if isinstance(batch, dict):
+        return {key: to_device(value, device, channels_last) for key, value in batch.items()}
+    if channels_last and batch.dim() == 4:
+        return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return batch.to(device, non_blocking=True)
+
+
+def autocast_dtype(amp: str) -> torch.dtype | None:
+    """Return the autocast dtype for ``train.amp`` (None when off)."""
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def format_duration(seconds: float) -> str:
+    """Return ``seconds`` as ``1h02m``, ``3m05s`` or ``12s``."""
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def _mean_across_workers(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
+    """Return each summed metric divided by ``count`` and averaged across workers (one host sync)."""
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    stacked = torch.stack([sums[key] for key in keys]) / max(count, 1)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(keys, stacked.tolist(), strict=True))
+
+
+def _broadcast_buffers(module: nn.Module) -> None:
+    """Give every worker rank 0's buffers (BN statistics, queue) before evaluation and checkpoints."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+@dataclass
+class WorkerSetup:
+    """Everything one worker builds before its first epoch."""
+
+    config: ExperimentConfig
+    rank: int
+    world_size: int
+    device: torch.device
+    method: Method
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: Any
+    memory_loader: Any
+    query_loader: Any
+    memory_labels: torch.Tensor
+    query_labels: torch.Tensor
+    num_classes: int
+    learning_rates: np.ndarray
+
+
+def _build(config: ExperimentConfig) -> WorkerSetup:
+    """Return the worker's data, method, DDP wrapper, optimiser and schedules."""
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if config.train.batch_size % world_size:
+        raise ValueError(f"train.batch_size = {config.train.batch_size} is not divisible by {world_size} workers")
+    local_batch = config.train.batch_size // world_size
+    method_class = get_method(config.method.name)
+    data, workers = config.data, config.data.num_workers
+
+    train_source = build_source(data, "train", transform=method_class.train_transform(config))
+    train_loader = build_loader(train_source, local_batch, rank, world_size, True, True, data.seed, workers)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"the training set ({len(train_source)} images) is smaller than one batch per worker ({local_batch})"
+        )
+    eval_view = build_view("eval", data)
+    memory_source = build_source(data, "train", transform=eval_view)
+    query_source = build_source(data, "test", transform=eval_view)
+    memory_loader = build_loader(memory_source, local_batch, rank, world_size, False, False, data.seed, workers)
+    query_loader = build_loader(query_source, local_batch, rank, world_size, False, False, data.seed, workers)
+
+    seed_everything(config.train.seed)
+    method = method_class(MethodContext(config, rank, world_size, train_source.num_classes, len(train_loader)))
+    if resolve_batch_norm(config.model.batch_norm, world_size, method_class.has_momentum_encoder) == "sync":
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
+    method = method.to(device, memory_format=memory_format)
+    model: nn.Module = method
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        model = DistributedDataParallel(method, device_ids=device_ids, broadcast_buffers=False)
+    optimizer = build_optimizer(config.optim, method)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
+    learning_rates = lr_schedule(config.optim, config.train.batch_size, len(train_loader), config.train.epochs)
+    return WorkerSetup(
+        config=config,
+        rank=rank,
+        world_size=world_size,
+        device=device,
+        method=method,
+        model=model,
+        optimizer=optimizer,
+        scaler=scaler,
+        train_loader=train_loader,
+        memory_loader=memory_loader,
+        query_loader=query_loader,
+        memory_labels=torch.as_tensor(memory_source.labels, dtype=torch.long),
+        query_labels=torch.as_tensor(query_source.labels, dtype=torch.long),
+        num_classes=train_source.num_classes,
+        learning_rates=learning_rates,
+    )
+
+
+def _restore(setup: WorkerSetup) -> tuple[int, int]:
+    """Return (first epoch to train, global step) after loading Ray's latest checkpoint, if any."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, 0
+    with checkpoint.as_directory() as folder:
+        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=setup.device, weights_only=True)
+    setup.method.load_state_dict(state["method"])
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.scaler.load_state_dict(state["scaler"])
+    if setup.rank == 0:
+        print(f"resumed from {checkpoint.path}: {state['epoch']} epochs done, step {state['global_step']}", flush=True)
+    return int(state["epoch"]), int(state["global_step"])
+
+
+def _maybe_inject_failure(config: ExperimentConfig, epoch: int, rank: int, run_dir: Path) -> None:
+    """Raise InjectedFailure once, on the last rank, at the start of the configured epoch."""
+    target = config.train.inject_failure_at_epoch
+    if target is None or epoch != target or rank != ray.train.get_context().get_world_size() - 1:
+        return
+    marker = run_dir / FAILURE_MARKER
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"failure injected at epoch {epoch}\n")
+    raise InjectedFailure(f"injected failure at the start of epoch {epoch} on rank {rank}")
+
+
+def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, total_steps: int) -> tuple[dict[str, float], int]:
+    """Run one epoch; return the epoch's mean losses and learning rate, and the new global step."""
+    config, method, device = setup.config, setup.method, setup.device
+    amp_dtype = autocast_dtype(config.train.amp)
+    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    setup.train_loader.set_epoch(epoch)
+    steps = len(setup.train_loader)
+    sums: dict[str, torch.Tensor] = {}
+    started = time.perf_counter()
+    for step_in_epoch, (views, labels, _) in enumerate(setup.train_loader):
+        for group in setup.optimizer.param_groups:
+            group["lr"] = float(setup.learning_rates[global_step])
+        views = to_device(views, device, config.train.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        with autocast:
+            losses = setup.model(views, labels, StepInfo(epoch, global_step, total_steps))
+        setup.optimizer.zero_grad(set_to_none=True)
+        setup.scaler.scale(losses["loss"]).backward()
+        setup.scaler.step(setup.optimizer)
+        setup.scaler.update()
+        method.on_step_end()
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0) + value.detach().float()
+        global_step += 1
+        done = step_in_epoch + 1
+        if setup.rank == 0 and done % config.train.log_every_steps == 0 and done < steps:
+            elapsed = time.perf_counter() - started
+            rate = done * config.train.batch_size / elapsed
+            print(
+                f"  epoch {epoch + 1} step {done}/{steps} loss {float(losses['loss']):.4f} "
+                f"{rate:.0f} img/s, epoch ETA {format_duration(elapsed / done * (steps - done))}",
+                flush=True,
+            )
+    metrics = {f"train/{key}": value for key, value in _mean_across_workers(sums, steps).items()}
+    metrics["train/lr"] = float(setup.learning_rates[global_step - 1])
+    return metrics, global_step
+
+
+def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done: int, global_step: int) -> None:
+    """Report metrics from every worker; rank 0 attaches the full-state checkpoint."""
+    if setup.rank != 0:
+        ray.train.report(metrics)
+        return
+    state = {
+        "epoch": epochs_done,
+        "global_step": global_step,
+        "method": setup.method.state_dict(),
+        "optimizer": setup.optimizer.state_dict(),
+        "scaler": setup.scaler.state_dict(),
+        "metrics": metrics,
+    }
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=epoch_dir_name(epochs_done),
+        )
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Train one worker's share of the run described by ``loop_config`` (config, run folder, MLflow, handles)."""
+    config = build_config(loop_config["config"])
+    run_dir = Path(loop_config["run_dir"])
+    handles = loop_config.get("handles", {})
+    setup = _build(config)
+    start_epoch, global_step = _restore(setup)
+    total_steps = len(setup.train_loader) * config.train.epochs
+    run = tracking.RunHandle(**loop_config["mlflow"]) if setup.rank == 0 and loop_config.get("mlflow") else None
+    logged_up_to = tracking.last_logged_step(run, "train/loss") if run else -1
+    epoch_times: list[float] = []
+    amp_dtype = autocast_dtype(config.train.amp)
+    for epoch in range(start_epoch, config.train.epochs):
+        started = time.perf_counter()
+        seed_everything(config.train.seed, setup.rank, epoch)
+        _maybe_inject_failure(config, epoch + 1, setup.rank, run_dir)
+        setup.method.on_epoch_start(epoch, handles)
+        metrics, global_step = _train_epoch(setup, epoch, global_step, total_steps)
+        train_time = time.perf_counter() - started
+        metrics["perf/images_per_s"] = len(setup.train_loader) * config.train.batch_size / train_time
+        _broadcast_buffers(setup.method)
+        last = epoch + 1 == config.train.epochs
+        if (epoch + 1) % config.eval.knn_every == 0 or last:
+            metrics["knn/top1"] = knn_monitor(
+                setup.method.eval_backbone(),
+                setup.memory_loader,
+                setup.memory_labels,
+                setup.query_loader,
+                setup.query_labels,
+                setup.num_classes,
+                config.eval.knn_k,
+                config.eval.knn_temperature,
+                setup.device,
+                amp_dtype,
+                config.train.channels_last,
+            )
+        metrics["perf/epoch_time_s"] = time.perf_counter() - started
+        metrics["epoch"] = epoch + 1
+        epoch_times.append(metrics["perf/epoch_time_s"])
+        _save_and_report(setup, metrics, epoch + 1, global_step)
+        if run is not None and epoch > logged_up_to:
+            tracking.log_metrics(run, metrics, step=epoch)
+        if setup.rank == 0:
+            eta = format_duration(float(np.mean(epoch_times)) * (config.train.epochs - epoch - 1))
+            knn = f" knn {metrics['knn/top1']:.2f}%" if "knn/top1" in metrics else ""
+            print(
+                f"epoch {epoch + 1}/{config.train.epochs} loss {metrics['train/loss']:.4f}{knn} "
+                f"{metrics['perf/images_per_s']:.0f} img/s {metrics['perf/epoch_time_s']:.1f}s ETA {eta}",
+                flush=True,
+            )

@@ -1,0 +1,35 @@
+"""Session-wide fixtures: one small local Ray for the whole test session, temporary MLflow stores."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """Start one local Ray (2 CPUs, small object store) for the session and shut it down at the end."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(
+        num_cpus=2,
+        object_store_memory=200 * 1024 * 1024,
+        include_dashboard=True,
+        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def mlflow_uri(tmp_path: Path) -> str:
+    """Return a fresh sqlite MLflow store in the test's temporary folder."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -1,0 +1,92 @@
+"""The procedural shapes source: determinism, hierarchy, label balance and long tail."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.config import DataConfig, SyntheticConfig
+from pipeline.data.build import build_source
+from pipeline.data.errors import DataError
+from pipeline.data.longtail import long_tail_counts
+from pipeline.data.synthetic import SyntheticShapes, class_outlines
+
+
+def pixels(source: SyntheticShapes, index: int) -> np.ndarray:
+    """Return the rendered pixels of one sample."""
+    return np.asarray(source.load_image(index))
+
+
+def test_same_seed_same_pixels_and_different_index_different_image() -> None:
+    first, second = SyntheticShapes(40, 32, 2, 3, 5, 0), SyntheticShapes(40, 32, 2, 3, 5, 0)
+    np.testing.assert_array_equal(first.labels, second.labels)
+    for index in (0, 17, 39):
+        np.testing.assert_array_equal(pixels(first, index), pixels(second, index))
+    renders = np.stack([pixels(first, index) for index in range(len(first))])
+    distinct = {render.tobytes() for render in renders}
+    assert len(distinct) == len(first)
+    assert renders.std(axis=0).mean() > 20
+
+
+def test_seed_and_split_offset_change_images_but_split_keeps_classes() -> None:
+    base = SyntheticShapes(30, 32, 2, 3, 5, 0)
+    other_seed = SyntheticShapes(30, 32, 2, 3, 6, 0)
+    test_split = SyntheticShapes(30, 32, 2, 3, 5, 1)
+    assert not np.array_equal(pixels(base, 0), pixels(other_seed, 0))
+    assert not np.array_equal(pixels(base, 0), pixels(test_split, 0))
+    np.testing.assert_array_equal(base.outlines, test_split.outlines)
+    assert not np.allclose(base.outlines, other_seed.outlines)
+
+
+def test_item_applies_transform_and_returns_label_and_index() -> None:
+    source = SyntheticShapes(12, 24, 2, 2, 0, 0, transform=lambda image: image.size)
+    size, label, index = source[7]
+    assert size == (24, 24) and label == source.labels[7] and index == 7
+    source.transform = None
+    image, _, _ = source[7]
+    assert image.mode == "RGB"
+
+
+def test_hierarchy_is_exposed_and_families_are_tighter_than_across() -> None:
+    source = SyntheticShapes(50, 32, 3, 4, 1, 0)
+    np.testing.assert_array_equal(source.superclass_of_class, np.repeat(np.arange(3), 4))
+    np.testing.assert_array_equal(source.coarse_labels, source.superclass_of_class[source.labels])
+    assert source.num_classes == 12
+    outlines = class_outlines(1, 3, 4)
+    distance = np.linalg.norm(outlines[:, None] - outlines[None], axis=-1)
+    family = source.superclass_of_class
+    same = (family[:, None] == family[None]) & ~np.eye(12, dtype=bool)
+    different = family[:, None] != family[None]
+    assert distance[same].mean() < distance[different].mean()
+    assert distance[same].min() > 0
+
+
+def test_labels_balanced_and_shuffled() -> None:
+    source = SyntheticShapes(103, 16, 2, 5, 0, 0)
+    counts = source.class_counts()
+    assert counts.sum() == 103 and set(counts.tolist()) == {10, 11}
+    assert not np.array_equal(source.labels, np.sort(source.labels))
+
+
+def test_long_tail_counts_from_head_size() -> None:
+    source = SyntheticShapes(1000, 16, 2, 5, 0, 0, long_tail_ratio=10.0)
+    expected = long_tail_counts(np.full(10, 100), 10.0)
+    np.testing.assert_array_equal(source.class_counts(), expected)
+    assert len(source) == expected.sum() and expected[0] == 100 and expected[-1] == 10
+    assert "long-tail ratio 10" in source.describe()
+
+
+def test_build_uses_config_and_long_tails_train_only() -> None:
+    data_cfg = DataConfig(
+        image_size=16, long_tail_ratio=4.0, seed=3, synthetic=SyntheticConfig(num_train=80, num_test=20)
+    )
+    train, test = build_source(data_cfg, "train"), build_source(data_cfg, "test")
+    np.testing.assert_array_equal(train.class_counts(), long_tail_counts(np.full(20, 4), 4.0))
+    assert len(test) == 20 and test.split_offset != train.split_offset and train.seed == 3
+
+
+def test_invalid_arguments_raise() -> None:
+    with pytest.raises(DataError, match="num_samples"):
+        SyntheticShapes(0, 32, 2, 2, 0, 0)
+    with pytest.raises(DataError, match="smaller than its 20 classes"):
+        SyntheticShapes(10, 32, 4, 5, 0, 0, long_tail_ratio=10.0)

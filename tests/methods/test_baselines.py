@@ -1,0 +1,114 @@
+"""MoCo v2, SupCon and SimCLR methods: losses match the pure functions, queue and momentum semantics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import load_config, with_overrides
+from pipeline.losses import info_nce, supcon
+from pipeline.methods import MethodContext, StepInfo, get_method, method_names
+from pipeline.methods.common import cosine_momentum, momentum_update, resolve_batch_norm
+
+
+def make(method: str, **overrides: object):
+    """Return a tiny method instance (width-4 ResNet-18, CIFAR stem) on one worker."""
+    values = {"model.width": 4, "model.cifar_stem": True, "train.batch_size": 8, "data.image_size": 16}
+    values.update(overrides)
+    config = with_overrides(load_config(None, [f"method.name={method}"]), values)
+    torch.manual_seed(0)
+    return get_method(method)(MethodContext(config, rank=0, world_size=1, num_classes=5, steps_per_epoch=10))
+
+
+def images(batch: int = 8) -> torch.Tensor:
+    return torch.randn(batch, 3, 16, 16)
+
+
+def test_registry_lists_the_baselines() -> None:
+    assert {"moco", "supcon", "simclr"} <= set(method_names())
+    with pytest.raises(ValueError, match="unknown method 'byol2'"):
+        get_method("byol2")
+
+
+def test_moco_loss_uses_the_queue_before_this_steps_keys() -> None:
+    method = make("moco", **{"method.queue_size": 16, "method.momentum": 0.5})
+    views = {"query": images(), "key": images()}
+    labels = torch.arange(8) % 5
+    queue_before = method.queue.embeddings.clone()
+    online_before = [p.detach().clone() for p in method.online.parameters()]
+    target_before = [p.detach().clone() for p in method.momentum_encoder.parameters()]
+
+    losses = method(views, labels, StepInfo(epoch=0, global_step=0, total_steps=10))
+
+    for online, target, param in zip(online_before, target_before, method.momentum_encoder.parameters(), strict=True):
+        torch.testing.assert_close(param, 0.5 * target + 0.5 * online)
+    assert torch.equal(method.queue.embeddings, queue_before)
+    assert losses["loss"].requires_grad and torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    assert all(p.grad is None for p in method.momentum_encoder.parameters())
+    assert any(p.grad is not None for p in method.online.parameters())
+
+    method.on_step_end()
+    assert method.queue.position == 8
+    assert torch.equal(method.queue.embeddings[8:], queue_before[8:])
+    assert torch.equal(method.queue.labels[:8], labels)
+
+
+def test_moco_loss_equals_info_nce_of_its_embeddings() -> None:
+    method = make("moco", **{"method.queue_size": 16, "model.batch_norm": "plain", "method.momentum": 1.0})
+    method.eval()
+    views = {"query": images(), "key": images()}
+    with torch.no_grad():
+        losses = method(views, torch.zeros(8, dtype=torch.long), StepInfo(0, 0, 10))
+        query = F.normalize(method.online(views["query"]), dim=1)
+        key = F.normalize(method.momentum_encoder(views["key"]), dim=1)
+        expected = info_nce(query, key, method.queue.embeddings, 0.2)
+    torch.testing.assert_close(losses["loss"], expected)
+
+
+def test_momentum_update_and_schedule() -> None:
+    online, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    expected = [
+        0.9 * t.detach() + 0.1 * o.detach() for o, t in zip(online.parameters(), target.parameters(), strict=True)
+    ]
+    momentum_update(online, target, 0.9)
+    for param, value in zip(target.parameters(), expected, strict=True):
+        torch.testing.assert_close(param.detach(), value)
+    assert cosine_momentum(0.99, 0, 100) == pytest.approx(0.99)
+    assert cosine_momentum(0.99, 50, 100) == pytest.approx(0.995)
+    assert cosine_momentum(0.99, 100, 100) == pytest.approx(1.0)
+
+
+def test_batch_norm_resolution() -> None:
+    assert resolve_batch_norm("auto", 1, True) == "split"
+    assert resolve_batch_norm("auto", 4, True) == "shuffle"
+    assert resolve_batch_norm("auto", 4, False) == "plain"
+    with pytest.raises(ValueError, match="model.batch_norm = 'shuffle'"):
+        resolve_batch_norm("shuffle", 2, False)
+
+
+@pytest.mark.parametrize("name,uses_labels", [("supcon", True), ("simclr", False)])
+def test_supcon_and_simclr_feed_view_stacked_features(name: str, uses_labels: bool) -> None:
+    method = make(name)
+    method.eval()
+    views = {"view1": images(), "view2": images()}
+    labels = torch.tensor([0, 1, 0, 1, 2, 2, 3, 4])
+    with torch.no_grad():
+        losses = method(views, labels, StepInfo(0, 0, 10))
+        first = F.normalize(method.encoder(views["view1"]), dim=1)
+        second = F.normalize(method.encoder(views["view2"]), dim=1)
+    params = method.params
+    expected = supcon(
+        torch.stack([first, second], dim=1),
+        labels if uses_labels else None,
+        temperature=params.temperature,
+        base_temperature=params.base_temperature,
+    )
+    torch.testing.assert_close(losses["loss"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_moco_rejects_queue_not_multiple_of_batch() -> None:
+    config = with_overrides(load_config(None), {"method.queue_size": 100, "train.batch_size": 64})
+    with pytest.raises(ValueError, match="queue length 100 must be a multiple of the global batch size 64"):
+        get_method("moco").validate(config, world_size=1)

@@ -1,0 +1,135 @@
+"""Config loading, overrides, round trip and every validation error path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_override,
+    build_config,
+    flatten,
+    load_config,
+    parse_value,
+    to_yaml,
+    with_overrides,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_official_moco_values() -> None:
+    config = ExperimentConfig()
+    assert config.method.name == "moco"
+    assert config.method.temperature == 0.2
+    assert config.method.queue_size == 65536
+    assert config.method.momentum == 0.999
+    assert config.eval.knn_k == 200 and config.eval.knn_temperature == 0.1
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("3", 3), ("0.5", 0.5), ("true", True), ("[3000,2000,1000]", [3000, 2000, 1000]), ("abc", "abc"), ("null", None)],
+)
+def test_override_values_are_typed(text: str, expected: object) -> None:
+    assert parse_value(text) == expected
+
+
+def test_every_shipped_config_validates() -> None:
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds no YAML"
+    for path in configs:
+        load_config(path)
+
+
+def test_round_trip_through_yaml(tmp_path: Path) -> None:
+    config = load_config("quickstart.yaml", ["method.queue_size=2048", "model.width=8"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(to_yaml(config))
+    again = load_config(path)
+    assert again == config
+    assert again.method.queue_size == 2048 and again.model.width == 8
+
+
+def test_method_section_takes_the_registered_class_fields() -> None:
+    config = load_config(None, ["method.name=supcon", "method.temperature=0.07"])
+    assert type(config.method).__name__ == "SupConConfig"
+    assert config.method.base_temperature == 0.07
+    dumped = config.model_dump()
+    assert dumped["method"]["base_temperature"] == 0.07
+
+
+def test_with_overrides_and_flatten() -> None:
+    config = with_overrides(ExperimentConfig(), {"method.queue_size": 4096, "train.epochs": 3})
+    flat = flatten(config)
+    assert flat["method.queue_size"] == 4096 and flat["train.epochs"] == 3
+    assert "data.synthetic.num_train" in flat
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["data.colour=red"], "unknown key 'data.colour'"),
+        (["nonsense.key=1"], "unknown key 'nonsense'"),
+        (["train.epochs=zero"], "train.epochs = 'zero'"),
+        (["train.epochs=0"], "train.epochs = 0: Input should be greater than or equal to 1"),
+        (["model.backbone=vgg"], "model.backbone = 'vgg'"),
+        (["data.image_size=8"], "data.image_size = 8"),
+        (["method.name=nope"], "unknown method 'nope'"),
+        (["method.temperature=-1"], "method.temperature = -1"),
+        (["method.bogus=1"], "unknown key 'method.bogus'"),
+        (["data.mean=[0.5,0.5]"], "needs 3 values"),
+        (["train.amp=fp8"], "train.amp = 'fp8'"),
+    ],
+)
+def test_bad_values_are_rejected_in_one_line(overrides: list[str], needle: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, overrides)
+    message = str(error.value)
+    assert needle in message
+    assert "\n" not in message
+
+
+def test_bad_override_syntax_and_paths() -> None:
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        apply_override({}, "train.epochs")
+    with pytest.raises(ConfigError, match="is a value, not a section"):
+        apply_override({"train": 3}, "train.epochs=1")
+    with pytest.raises(ConfigError, match="config file not found: missing.yaml"):
+        load_config("missing.yaml")
+
+
+def test_invalid_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(path)
+    path.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(path)
+
+
+def test_build_config_rejects_non_mapping_method() -> None:
+    with pytest.raises(ConfigError, match="method"):
+        build_config({"method": 3})
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.pretrain", *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+
+
+def test_cli_print_config_and_exit_code_2() -> None:
+    shown = _cli("--config", "quickstart.yaml", "--set", "method.queue_size=2048", "--print-config")
+    assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout)["method"]["queue_size"] == 2048
+    bad = _cli("--config", "quickstart.yaml", "--set", "optim.lr=-3")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: invalid config: optim.lr = -3")

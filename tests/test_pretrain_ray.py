@@ -1,0 +1,118 @@
+"""End-to-end pretraining on real Ray Train (2 CPU workers, gloo DDP) with a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from pipeline.checkpoints import latest_checkpoint, load_checkpoint
+from pipeline.config import ConfigError, ExperimentConfig, load_config, with_overrides
+from pipeline.pretrain import ResourceError, check_resources, pretrain
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+STEPS_PER_EPOCH = 4  # 64 images / global batch 16
+
+
+def tiny_config(tmp_path: Path, mlflow_uri: str, **overrides: object) -> ExperimentConfig:
+    """Return the quickstart shrunk to seconds: 64 images, width-4 ResNet-18, 2 workers, 2 epochs."""
+    base = {
+        "data.synthetic.num_train": 64,
+        "data.synthetic.num_test": 32,
+        "data.num_workers": 0,
+        "model.width": 4,
+        "method.queue_size": 64,
+        "train.batch_size": 16,
+        "train.epochs": 2,
+        "train.log_every_steps": 2,
+        "eval.knn_k": 10,
+        "eval.pixel_baseline": False,
+        "ray.num_workers": 2,
+        "ray.storage_path": str(tmp_path / "runs"),
+        "tracking.uri": mlflow_uri,
+    }
+    base.update(overrides)
+    return with_overrides(load_config("quickstart.yaml"), base)
+
+
+def test_two_worker_moco_run_is_recorded_in_mlflow(tmp_path: Path, mlflow_uri: str) -> None:
+    config = tiny_config(tmp_path, mlflow_uri, **{"eval.pixel_baseline": True})
+    result = pretrain(config)
+
+    assert 0.0 <= result.metrics["knn/top1"] <= 100.0
+    assert result.pixel_knn_top1 is not None
+    state = load_checkpoint(Path(result.checkpoint_path))
+    assert state["epoch"] == 2
+    assert state["global_step"] == 2 * STEPS_PER_EPOCH
+    queue_pointer = int(state["method"]["queue.pointer"])
+    assert queue_pointer == (state["global_step"] * 16) % 64
+
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["method.queue_size"] == "64"
+    assert run.data.params["ray.num_workers"] == "2"
+    for metric in ("train/loss", "train/info_nce", "train/lr", "knn/top1", "perf/images_per_s", "perf/epoch_time_s"):
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, metric))
+        assert steps == [0, 1], metric
+    assert len(client.get_metric_history(run.info.run_id, "final/knn/top1")) == 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "summary.json"} <= artifacts
+    assert run.data.tags["checkpoint"] == result.checkpoint_path
+
+
+def test_stopped_run_resumes_exactly(tmp_path: Path, mlflow_uri: str) -> None:
+    reference = pretrain(tiny_config(tmp_path, mlflow_uri, **{"ray.run_name": "reference"}))
+
+    stopped = tiny_config(
+        tmp_path, mlflow_uri, **{"ray.run_name": "stopped", "train.inject_failure_at_epoch": 2, "ray.max_failures": 0}
+    )
+    with pytest.raises(Exception, match="injected failure"):
+        pretrain(stopped)
+    run_dir = tmp_path / "runs" / "stopped"
+    after_stop = load_checkpoint(latest_checkpoint(run_dir))
+    assert after_stop["epoch"] == 1 and after_stop["global_step"] == STEPS_PER_EPOCH
+    client = MlflowClient(mlflow_uri)
+    stopped_run_id = (run_dir / "mlflow_run_id").read_text().strip()
+    assert client.get_run(stopped_run_id).info.status == "FAILED"
+
+    resumed = pretrain(stopped)
+    assert resumed.mlflow_run_id == stopped_run_id
+    final = load_checkpoint(Path(resumed.checkpoint_path))
+    expected = load_checkpoint(Path(reference.checkpoint_path))
+    assert final["epoch"] == expected["epoch"] == 2
+    assert final["global_step"] == expected["global_step"]
+    assert final["optimizer"]["param_groups"][0]["lr"] == expected["optimizer"]["param_groups"][0]["lr"]
+    assert torch.equal(final["method"]["queue.pointer"], expected["method"]["queue.pointer"])
+    torch.testing.assert_close(final["method"]["queue.embeddings"], expected["method"]["queue.embeddings"])
+    steps = sorted(m.step for m in client.get_metric_history(stopped_run_id, "train/loss"))
+    assert steps == [0, 1]
+    assert client.get_run(stopped_run_id).info.status == "FINISHED"
+
+
+def test_crashed_worker_is_restarted_from_checkpoint(tmp_path: Path, mlflow_uri: str) -> None:
+    config = tiny_config(
+        tmp_path, mlflow_uri, **{"ray.run_name": "faulty", "train.inject_failure_at_epoch": 2, "ray.max_failures": 1}
+    )
+    result = pretrain(config)
+    assert (tmp_path / "runs" / "faulty" / ".injected_failure").exists()
+    assert load_checkpoint(Path(result.checkpoint_path))["epoch"] == 2
+    client = MlflowClient(mlflow_uri)
+    epochs = {m.step for m in client.get_metric_history(result.mlflow_run_id, "train/loss")}
+    assert epochs == {0, 1}
+    assert len(client.get_metric_history(result.mlflow_run_id, "final/knn/top1")) == 1
+
+
+def test_requests_beyond_a_local_cluster_fail_clearly(tmp_path: Path, mlflow_uri: str) -> None:
+    config = tiny_config(tmp_path, mlflow_uri, **{"ray.num_workers": 3})
+    with pytest.raises(ResourceError, match=r"ray.num_workers=3 .* 3 CPU wanted, 2 in the cluster"):
+        check_resources(config.ray, local=True)
+
+
+def test_queue_not_multiple_of_global_batch_is_rejected(tmp_path: Path, mlflow_uri: str) -> None:
+    config = tiny_config(tmp_path, mlflow_uri, **{"method.queue_size": 72})
+    with pytest.raises(ConfigError, match="72"):
+        pretrain(config)
