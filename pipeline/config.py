@@ -256,6 +256,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
     """Return a new validated config with ``{dotted.key: value}`` applied to ``config``."""
     raw = config.model_dump()
+    new_method = overrides.get("method.name", raw["method"]["name"])
+    if new_method != raw["method"]["name"]:
+        # The resolved parameters belong to the old method; the new one starts from its own defaults.
+        raw["method"] = {"name": new_method}
     for dotted, value in overrides.items():
         set_dotted(raw, dotted, value)
     return build_config(raw)

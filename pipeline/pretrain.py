@@ -110,6 +110,12 @@ def check_resources(config: RayConfig, local: bool) -> None:
     log.warning("%s; waiting for the cluster to grow (autoscaler)", message)
 
 
+def check_data(config: ExperimentConfig) -> None:
+    """Open both splits in the driver so that a bad path or file fails here, in one line, before any run starts."""
+    for split in ("train", "test"):
+        print(f"data {split}: {build_source(config.data, split).describe()}")
+
+
 def pixel_baseline(config: ExperimentConfig) -> float:
     """Return the raw-pixel weighted-kNN top-1 (percent) on the configured data (eval transform)."""
     view = build_view("eval", config.data)
@@ -152,6 +158,7 @@ def pretrain(config: ExperimentConfig) -> PretrainResult:
             f"train.batch_size = {config.train.batch_size} is not divisible by ray.num_workers = {world_size}"
         )
 
+    check_data(config)
     storage = storage_root(config.ray)
     run_name, resume_from = resolve_run(config, Path(storage))
     run_dir = Path(storage) / run_name

@@ -220,7 +220,7 @@ def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, total_steps: 
             elapsed = time.perf_counter() - started
             rate = done * config.train.batch_size / elapsed
             print(
-                f"  epoch {epoch + 1} step {done}/{steps} loss {float(losses['loss']):.4f} "
+                f"  epoch {epoch + 1} step {done}/{steps} loss {float(losses['loss'].detach()):.4f} "
                 f"{rate:.0f} img/s, epoch ETA {format_duration(elapsed / done * (steps - done))}",
                 flush=True,
             )

@@ -65,6 +65,12 @@ def test_method_section_takes_the_registered_class_fields() -> None:
     assert dumped["method"]["base_temperature"] == 0.07
 
 
+def test_with_overrides_switching_method_starts_from_its_defaults() -> None:
+    config = with_overrides(load_config("quickstart.yaml"), {"method.name": "simclr", "method.temperature": 0.3})
+    assert type(config.method).__name__ == "SimCLRConfig"
+    assert config.method.temperature == 0.3 and config.method.base_temperature == 0.07
+
+
 def test_with_overrides_and_flatten() -> None:
     config = with_overrides(ExperimentConfig(), {"method.queue_size": 4096, "train.epochs": 3})
     flat = flatten(config)
@@ -133,3 +139,23 @@ def test_cli_print_config_and_exit_code_2() -> None:
     bad = _cli("--config", "quickstart.yaml", "--set", "optim.lr=-3")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: invalid config: optim.lr = -3")
+
+
+def test_cli_missing_data_fails_before_any_run(tmp_path: Path) -> None:
+    missing = tmp_path / "no-cifar-here"
+    bad = _cli(
+        "--config",
+        "quickstart.yaml",
+        "--set",
+        "data.source=cifar10",
+        "--set",
+        f"data.root={missing}",
+        "--set",
+        f"ray.storage_path={tmp_path / 'runs'}",
+        "--set",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    assert bad.returncode == 2, bad.stderr
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and str(missing) in last and "data.download" in last
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()

@@ -8,9 +8,10 @@ from typing import Any, Literal
 
 from pipeline.config import DataConfig
 from pipeline.data.errors import DataError
-from pipeline.data.files import CIFAR, STL10, ImageFolder, ListFile, MapSource, list_classes
+from pipeline.data.files import CIFAR, STL10, ImageFolder, ListFile, list_classes
 from pipeline.data.longtail import LongTailSubset, long_tail_indices
 from pipeline.data.parquet import ParquetShards
+from pipeline.data.source import MapSource
 from pipeline.data.synthetic import SyntheticShapes
 
 Split = Literal["train", "test"]

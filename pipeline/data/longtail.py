@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.data.errors import DataError
-from pipeline.data.files import MapSource, count_classes
+from pipeline.data.source import MapSource, count_classes
 
 MANY, MEDIUM, FEW = 0, 1, 2
 

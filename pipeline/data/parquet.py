@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from pipeline.data.errors import DataError
-from pipeline.data.files import CorruptImagePolicy, ImageFormat, MapSource, count_classes, decode_image
+from pipeline.data.source import CorruptImagePolicy, ImageFormat, MapSource, count_classes, decode_image
 
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("num_rows", "num_classes", "shards")

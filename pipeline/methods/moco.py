@@ -76,7 +76,9 @@ class MoCo(Method):
     def encode_keys(self, images: torch.Tensor, step: StepInfo) -> torch.Tensor:
         """Return normalised keys from the momentum encoder after its momentum update ``# [B, D]``."""
         momentum_update(self.online, self.momentum_encoder, self.momentum_at(step))
-        if self.batch_norm == "shuffle":
+        # Shuffled keys land in other BN groups than their queries (across workers, or across the splits of
+        # split-BN on one worker); otherwise batch statistics leak which key matches which query.
+        if self.batch_norm in ("shuffle", "split"):
             shuffled, unshuffle_index = shuffle_batch(images)
             return unshuffle_batch(F.normalize(self.momentum_encoder(shuffled), dim=1), unshuffle_index)
         return F.normalize(self.momentum_encoder(images), dim=1)

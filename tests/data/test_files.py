@@ -142,7 +142,7 @@ def test_corrupt_image_raises_naming_the_file(corrupt_folder: Path) -> None:
 
 def test_corrupt_image_skipped_to_next_readable(corrupt_folder: Path, caplog: pytest.LogCaptureFixture) -> None:
     source = ImageFolder(corrupt_folder, transform=np.array, skip_corrupt=True)
-    with caplog.at_level(logging.WARNING, logger="pipeline.data.files"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.source"):
         image, label, index = source[1]
     assert (label, index) == (2, 2) and source.skipped == 1
     np.testing.assert_array_equal(image, pixels(source.load_image(2)))

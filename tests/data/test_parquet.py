@@ -168,7 +168,7 @@ def test_corrupt_row_raises_naming_shard_and_row(corrupt_shards: Path) -> None:
 def test_corrupt_row_skipped_and_counted(corrupt_shards: Path, caplog: pytest.LogCaptureFixture) -> None:
     shards = ParquetShards(corrupt_shards, skip_corrupt=True)
     shards.shuffle = False
-    with caplog.at_level(logging.WARNING, logger="pipeline.data.files"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.source"):
         samples = list(shards)
     indices = pq.read_table(corrupt_shards / "part-00000.parquet").column("index").to_pylist()
     assert [index for _, _, index in samples] == [

@@ -1,0 +1,75 @@
+"""MLflow tracking: store resolution, unreachable stores, run reuse, params and metric history."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import tracking
+from pipeline.config import TrackingConfig
+
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+def test_store_resolution_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri(TrackingConfig()) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////elsewhere/m.db")
+    assert tracking.resolve_tracking_uri(TrackingConfig()) == "sqlite:////elsewhere/m.db"
+    assert tracking.resolve_tracking_uri(TrackingConfig(uri="http://server:5000")) == "http://server:5000"
+
+
+def test_unreachable_store_fails_fast_with_its_uri() -> None:
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=r"http://127.0.0.1:9 cannot be reached.*fallback_uri"):
+        tracking.reachable_store(TrackingConfig(uri=UNREACHABLE))
+    assert time.monotonic() - started < 30
+
+
+def test_unreachable_store_falls_back_when_configured(mlflow_uri: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+        uri = tracking.reachable_store(TrackingConfig(uri=UNREACHABLE, fallback_uri=mlflow_uri))
+    assert uri == mlflow_uri
+    assert "fallback store" in caplog.text
+
+
+def test_open_run_logs_params_and_is_reused(mlflow_uri: str, caplog: pytest.LogCaptureFixture) -> None:
+    config = TrackingConfig(uri=mlflow_uri, experiment="unit", parent_run_id="parent123", tags={"grid": "k"})
+    handle = tracking.open_run(config, "run-a", {"method.name": "moco", "train.epochs": 2})
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(handle.run_id)
+    assert run.data.params == {"method.name": "moco", "train.epochs": "2"}
+    assert run.data.tags[tracking.PARENT_TAG] == "parent123" and run.data.tags["grid"] == "k"
+    assert run.info.run_name == "run-a"
+    artifact_uri = client.get_experiment(handle.experiment_id).artifact_location
+    assert artifact_uri.startswith("file://") and "mlartifacts" in artifact_uri
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
+        again = tracking.open_run(config, "run-a", {"method.name": "moco", "train.epochs": 5}, handle.run_id)
+    assert again.run_id == handle.run_id
+    assert client.get_run(handle.run_id).data.params["train.epochs"] == "2"
+    assert "train.epochs was 2" in caplog.text
+
+    missing = tracking.open_run(config, "run-b", {}, existing_run_id="0" * 32)
+    assert missing.run_id != handle.run_id
+
+
+def test_metric_history_and_final_status(mlflow_uri: str) -> None:
+    handle = tracking.open_run(TrackingConfig(uri=mlflow_uri), "run", {})
+    assert tracking.last_logged_step(handle, "train/loss") == -1
+    assert tracking.latest_metric(handle, "train/loss") is None
+    for epoch, loss in enumerate([3.0, 2.0, 1.5]):
+        tracking.log_metrics(handle, {"train/loss": loss, "knn/top1": 10.0 * epoch}, step=epoch)
+    assert tracking.last_logged_step(handle, "train/loss") == 2
+    assert tracking.latest_metric(handle, "train/loss") == 1.5
+    tracking.log_text(handle, "a: 1\n", "config.yaml")
+    tracking.finish_run(handle, "FINISHED")
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(handle.run_id).info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(handle.run_id)] == ["config.yaml"]
+    assert "mlflow ui --backend-store-uri" in tracking.run_url(handle)
