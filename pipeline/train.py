@@ -15,6 +15,7 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
+from ray.train.torch import get_device
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -112,7 +113,7 @@ def _build(config: ExperimentConfig) -> WorkerSetup:
     """Return the worker's data, method, DDP wrapper, optimiser and schedules."""
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
+    device = get_device()
     if config.train.batch_size % world_size:
         raise ValueError(f"train.batch_size = {config.train.batch_size} is not divisible by {world_size} workers")
     local_batch = config.train.batch_size // world_size
