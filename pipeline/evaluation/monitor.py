@@ -94,9 +94,11 @@ def knn_monitor(
     """
     memory_features, memory_index = extract_features(backbone, memory_batches, device, autocast_dtype, channels_last)
     bank = gather_by_index(memory_features, memory_index, memory_labels.shape[0])
+    memory_labels = memory_labels.to(device)
+    labelled = memory_labels >= 0  # unlabelled training images (label -1, e.g. STL-10's) cannot vote
     query_features, query_index = extract_features(backbone, query_batches, device, autocast_dtype, channels_last)
     predictions = weighted_knn_predict(
-        bank, memory_labels.to(device), query_features, num_classes, k=k, temperature=temperature
+        bank[labelled], memory_labels[labelled], query_features, num_classes, k=k, temperature=temperature
     )
     correct = (predictions == query_labels.to(device)[query_index]).float()
     seen = torch.ones_like(correct)
