@@ -35,7 +35,7 @@ from pipeline.config import (
     flatten,
     to_yaml,
 )
-from pipeline.data.build import build_source
+from pipeline.data.build import Source, build_source
 from pipeline.data.errors import DataError
 from pipeline.data.views import build_view
 from pipeline.evaluation.knn import pixel_knn_top1
@@ -110,18 +110,21 @@ def check_resources(config: RayConfig, local: bool) -> None:
     log.warning("%s; waiting for the cluster to grow (autoscaler)", message)
 
 
-def check_data(config: ExperimentConfig) -> None:
-    """Open both splits in the driver so that a bad path or file fails here, in one line, before any run starts."""
-    for split in ("train", "test"):
-        print(f"data {split}: {build_source(config.data, split).describe()}")
+def open_data(config: ExperimentConfig) -> dict[str, Source]:
+    """Return both splits, opened in the driver so that a bad path or file fails here, before any run starts."""
+    sources = {split: build_source(config.data, split) for split in ("train", "test")}
+    for split, source in sources.items():
+        print(f"data {split}: {source.describe()}")
+    return sources
 
 
-def pixel_baseline(config: ExperimentConfig) -> float:
-    """Return the raw-pixel weighted-kNN top-1 (percent) on the configured data (eval transform)."""
+def pixel_baseline(config: ExperimentConfig, sources: dict[str, Source]) -> float:
+    """Return the raw-pixel weighted-kNN top-1 (percent) of the opened splits under the eval transform."""
     view = build_view("eval", config.data)
     loaded = []
     for split in ("train", "test"):
-        source = build_source(config.data, split, transform=view)
+        source = sources[split]
+        source.transform = view
         loader = torch.utils.data.DataLoader(source, batch_size=512, num_workers=config.data.num_workers)
         images, labels = zip(*[(batch[0], batch[1]) for batch in loader], strict=True)
         loaded.append((torch.cat(images), torch.cat(labels), source.num_classes))
@@ -158,7 +161,7 @@ def pretrain(config: ExperimentConfig) -> PretrainResult:
             f"train.batch_size = {config.train.batch_size} is not divisible by ray.num_workers = {world_size}"
         )
 
-    check_data(config)
+    sources = open_data(config)
     storage = storage_root(config.ray)
     run_name, resume_from = resolve_run(config, Path(storage))
     run_dir = Path(storage) / run_name
@@ -177,7 +180,7 @@ def pretrain(config: ExperimentConfig) -> PretrainResult:
     try:
         baseline = tracking.latest_metric(run, "baseline/pixel_knn_top1")
         if config.eval.pixel_baseline and baseline is None:
-            baseline = pixel_baseline(config)
+            baseline = pixel_baseline(config, sources)
             tracking.log_metrics(run, {"baseline/pixel_knn_top1": baseline}, step=0)
         if baseline is not None:
             print(f"raw-pixel kNN baseline: {baseline:.2f}%")

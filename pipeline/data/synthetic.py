@@ -178,11 +178,11 @@ def _colours(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     depth = 0.6 + 0.4 * fields[3]
     shape = background + 0.4 + 0.2 * fields[4]
     blob = background + 0.2 + 0.2 * fields[5]
-    rgb = [
+    low, high, shape_rgb, blob_rgb = (
         np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255.0
         for value in (background, background * depth, shape, blob)
-    ]
-    return rgb[0], rgb[1], rgb[2], rgb[3]
+    )
+    return low, high, shape_rgb, blob_rgb
 
 
 def _rgb(values: np.ndarray) -> tuple[int, int, int]:
