@@ -1,13 +1,19 @@
-"""Procedural shapes with a two-level class hierarchy, rendered on the fly from (seed, split, index).
+"""Procedural textured shapes with a two-level class hierarchy, rendered on the fly from (seed, split, index).
 
-A superclass is a family of shapes: a base radial outline ``r(theta)`` with a strong primary lobe count
-(2 to 6, cycling) plus a weaker random low harmonic that separates families sharing a count. Its classes
-are members of the family: the base outline plus finer lobes (one higher harmonic, different for each
-member of a family), so members look alike and families differ at a glance. Each image
-places its shape at a random position and scale, with a mild rotation, in a random colour over a random
-gradient background with noise and sometimes a distractor blob. The nuisances are the ones contrastive
-augmentations teach invariance to (colour, position, scale), so raw pixels are a poor representation and
-learned invariances pay off; full rotations are left out because no standard view augmentation covers them.
+A superclass is a family: a base radial outline ``r(theta)`` with a strong primary lobe count (2 to 6,
+cycling) plus a weaker random low harmonic, drawn in the family's hue (families spread round the colour
+wheel). Its classes are members of the family: the base outline plus finer lobes (one higher harmonic per
+member) filled with the member's texture (solid, horizontal stripes, vertical stripes, checker, dots,
+cycling), so members of a family look alike and families differ at a glance. The member's texture also
+covers the grey background at low contrast, so every crop a view takes still carries a class cue.
+
+Each image draws its nuisances: the shape's position anywhere in the frame and its size, a horizontal
+flip, the texture's phase and scale, and the brightness, saturation and contrast of its colours (hue only
+within a band narrower than colour jitter's). These are the variations contrastive views teach invariance
+to (crops, flips, colour jitter), so raw pixels are a poor representation and learned invariances pay off.
+Nothing else is left that would tell two images of one class apart through augmentation: an instance cue
+that survives the views (a free hue, a gradient direction, a noise pattern) becomes the feature contrastive
+learning keeps, and the kNN monitor then matches images by it instead of by class.
 """
 
 from __future__ import annotations
@@ -26,21 +32,27 @@ from pipeline.data.source import MapSource
 
 VERTICES = 64
 SUPERSAMPLE = 2
-NOISE_TILES = 16
 FAMILY_LOBES = np.arange(2, 7)
 MEMBER_HARMONICS = np.arange(6, 11)
-MAX_ROTATION = np.pi / 9
-# Colours vary in brightness, saturation and contrast and in hue only within a band narrower than colour
-# jitter's: these are nuisances the standard views teach invariance to. Free hues would survive every
-# augmentation, become the instance cue that contrastive learning keeps, and make kNN match by colour.
-HUE_CENTRE, HUE_SPREAD = 0.58, 0.06
+TEXTURES = ("solid", "horizontal_stripes", "vertical_stripes", "checker", "dots")
+# Texture period as a fraction of the frame, scaled per image by a log-uniform factor inside the zoom range of
+# the views' random resized crops.
+TEXTURE_PERIOD = 1.0 / 7.0
+TEXTURE_SCALE = (0.75, 1.33)
+# Brightness of a texture's "off" cells relative to its "on" cells, in the shape and in the background.
+SHAPE_TEXTURE_FLOOR, BACKGROUND_TEXTURE_FLOOR = 0.5, 0.6
+# Hue varies within a family by less than colour jitter's +-0.1: a wider per-image spread would survive the
+# views and become an instance cue.
+HUE_SPREAD = 0.04
+# Shape centre (fraction of the frame, per axis) and outline radius (fraction of the frame).
+CENTRE_RANGE = (0.2, 0.8)
+RADIUS_RANGE = (0.2, 0.35)
 # Independent random streams, so that a sample's image depends only on (seed, split_offset, index), never on N.
-STREAM_FAMILY, STREAM_MEMBER, STREAM_LABELS, STREAM_GEOMETRY, STREAM_COLOURS, STREAM_NOISE = range(6)
-# Per-image parameters drawn from the geometry stream: centre x, y; radius; rotation; distractor x, y, size, presence.
-GEOMETRY_FIELDS = 8
-# Colour stream: hue, saturation, background brightness, gradient depth, shape and distractor brightness,
-# then gradient angle, noise strength, noise tile, noise offset x, y.
-COLOUR_FIELDS = 11
+STREAM_FAMILY, STREAM_MEMBER, STREAM_LABELS, STREAM_GEOMETRY, STREAM_COLOURS = range(5)
+# Per-image geometry draws: centre x, y; radius; flip; texture phase x, y; texture scale.
+GEOMETRY_FIELDS = 7
+# Per-image colour draws: hue offset, saturation, background brightness, shape contrast.
+COLOUR_FIELDS = 4
 
 
 def class_outlines(seed: int, num_superclasses: int, classes_per_superclass: int) -> np.ndarray:
@@ -75,7 +87,7 @@ def balanced_labels(num_samples: int, num_classes: int, rng: np.random.Generator
 
 
 class SyntheticShapes(MapSource):
-    """Procedural shape images in ``num_superclasses`` families of ``classes_per_superclass`` classes each.
+    """Procedural textured shapes in ``num_superclasses`` families of ``classes_per_superclass`` classes each.
 
     With ``long_tail_ratio`` the head class holds ``num_samples // C`` images and class ``c`` holds
     ``long_tail_counts`` of that, so the set is smaller than ``num_samples``.
@@ -101,6 +113,7 @@ class SyntheticShapes(MapSource):
         self.image_size, self.seed, self.split_offset = image_size, seed, split_offset
         self.num_superclasses, self.long_tail_ratio = num_superclasses, long_tail_ratio
         self.superclass_of_class = np.arange(num_classes) // classes_per_superclass
+        self.member_of_class = np.arange(num_classes) % classes_per_superclass
         self.outlines = class_outlines(seed, num_superclasses, classes_per_superclass)
         label_rng = np.random.default_rng([seed, split_offset, STREAM_LABELS])
         if long_tail_ratio is None:
@@ -114,8 +127,6 @@ class SyntheticShapes(MapSource):
         count = labels.size
         self.geometry = np.random.default_rng([seed, split_offset, STREAM_GEOMETRY]).random((count, GEOMETRY_FIELDS))
         self.colours = np.random.default_rng([seed, split_offset, STREAM_COLOURS]).random((count, COLOUR_FIELDS))
-        noise_rng = np.random.default_rng([seed, split_offset, STREAM_NOISE])
-        self.noise = noise_rng.standard_normal((NOISE_TILES, image_size, image_size, 3)).astype(np.float32)
         canvas = image_size * SUPERSAMPLE
         grid = (np.arange(canvas, dtype=np.float32) + 0.5) / canvas - 0.5
         self.grid_x, self.grid_y = np.meshgrid(grid, grid)
@@ -130,28 +141,25 @@ class SyntheticShapes(MapSource):
     def load_image(self, index: int) -> PIL.Image.Image:
         """Return the rendered RGB image of sample ``index``."""
         canvas = self.image_size * SUPERSAMPLE
-        cx, cy, radius, rotation, blob_x, blob_y, blob_size, blob_present = self.geometry[index]
-        colours = self.colours[index]
-        low_rgb, high_rgb, shape_rgb, blob_rgb = _colours(colours[:6])
-        angle, noise_strength, tile, shift_x, shift_y = colours[6:]
-        ramp = np.cos(2 * np.pi * angle) * self.grid_x + np.sin(2 * np.pi * angle) * self.grid_y + 0.5
-        background = low_rgb + ramp[..., None] * (high_rgb - low_rgb)
-        image = PIL.Image.fromarray(background.clip(0, 255).astype(np.uint8))
-        draw = PIL.ImageDraw.Draw(image)
-        if blob_present < 0.2:
-            half = (0.08 + 0.12 * blob_size) * canvas
-            centre_x, centre_y = (0.15 + 0.7 * blob_x) * canvas, (0.15 + 0.7 * blob_y) * canvas
-            draw.ellipse((centre_x - half, centre_y - half, centre_x + half, centre_y + half), fill=_rgb(blob_rgb))
-        outline = self.outlines[self.labels[index]] * (0.3 + 0.15 * radius) * canvas
-        angles = self.theta + MAX_ROTATION * (2.0 * rotation - 1.0)
-        centre = (0.3 + 0.4 * np.array([cx, cy])) * canvas
-        points = np.stack([np.cos(angles) * outline, np.sin(angles) * outline], axis=1) + centre
-        draw.polygon(points.ravel().tolist(), fill=_rgb(shape_rgb))
-        image = image.resize((self.image_size, self.image_size), PIL.Image.Resampling.BOX)
-        shift = (int(shift_y * self.image_size), int(shift_x * self.image_size))
-        noise = np.roll(self.noise[int(tile * NOISE_TILES)], shift, (0, 1))
-        pixels = np.asarray(image, dtype=np.float32) + (8.0 + 8.0 * noise_strength) * noise
-        return PIL.Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        cx, cy, radius, flip, phase_x, phase_y, scale = self.geometry[index]
+        label = self.labels[index]
+        family_hue = self.superclass_of_class[label] / self.num_superclasses
+        background_rgb, shape_rgb = _colours(self.colours[index], family_hue)
+        outline = self.outlines[label] * (RADIUS_RANGE[0] + (RADIUS_RANGE[1] - RADIUS_RANGE[0]) * radius) * canvas
+        centre = (CENTRE_RANGE[0] + (CENTRE_RANGE[1] - CENTRE_RANGE[0]) * np.array([cx, cy])) * canvas
+        x = np.cos(self.theta) * outline * (1.0 if flip < 0.5 else -1.0)
+        points = np.stack([x, np.sin(self.theta) * outline], axis=1) + centre
+        mask = PIL.Image.new("L", (canvas, canvas), 0)
+        PIL.ImageDraw.Draw(mask).polygon(points.ravel().tolist(), fill=255)
+        inside = np.asarray(mask, dtype=np.float32)[..., None] / 255.0  # [canvas, canvas, 1]
+        period = TEXTURE_PERIOD * TEXTURE_SCALE[0] * (TEXTURE_SCALE[1] / TEXTURE_SCALE[0]) ** scale
+        texture = TEXTURES[self.member_of_class[label] % len(TEXTURES)]
+        on = texture_map(texture, self.grid_x / period + phase_x, self.grid_y / period + phase_y)[..., None]
+        shape = shape_rgb * (SHAPE_TEXTURE_FLOOR + (1.0 - SHAPE_TEXTURE_FLOOR) * on)
+        background = background_rgb * (BACKGROUND_TEXTURE_FLOOR + (1.0 - BACKGROUND_TEXTURE_FLOOR) * on)
+        pixels = background * (1.0 - inside) + shape * inside
+        image = PIL.Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        return image.resize((self.image_size, self.image_size), PIL.Image.Resampling.BOX)
 
     def locate(self, index: int) -> str:
         """Return the sample's identity (it has no file)."""
@@ -166,26 +174,32 @@ class SyntheticShapes(MapSource):
         )
 
 
-def _colours(fields: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Return background low/high, shape and distractor RGB (0-255) from uniform draws.
+def texture_map(texture: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Return the 0/1 "on" map of a texture at coordinates measured in texture periods (same shape as x)."""
+    wave_x, wave_y = np.sin(2.0 * np.pi * x), np.sin(2.0 * np.pi * y)
+    if texture == "solid":
+        on = np.ones_like(x, dtype=bool)
+    elif texture == "horizontal_stripes":
+        on = wave_y > 0
+    elif texture == "vertical_stripes":
+        on = wave_x > 0
+    elif texture == "checker":
+        on = wave_x * wave_y > 0
+    elif texture == "dots":
+        on = (wave_x > 0.3) & (wave_y > 0.3)
+    else:
+        raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURES}")
+    return on.astype(np.float32)
 
-    The shape is always 0.4-0.6 brighter than the background: a fixed polarity, because a random one would
-    survive every augmentation (even grayscale) and become an instance cue unrelated to the class.
+
+def _colours(fields: np.ndarray, family_hue: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the grey background and the shape's RGB (0-255) from uniform draws.
+
+    The shape is always brighter than the background: a fixed polarity, because a random one would survive
+    every augmentation (even grayscale) and become an instance cue unrelated to the class.
     """
-    hue = HUE_CENTRE + HUE_SPREAD * (2.0 * fields[0] - 1.0)
-    saturation = 0.3 + 0.4 * fields[1]
-    background = 0.1 + 0.3 * fields[2]
-    depth = 0.6 + 0.4 * fields[3]
-    shape = background + 0.4 + 0.2 * fields[4]
-    blob = background + 0.2 + 0.2 * fields[5]
-    low, high, shape_rgb, blob_rgb = (
-        np.array(colorsys.hsv_to_rgb(hue, saturation, value)) * 255.0
-        for value in (background, background * depth, shape, blob)
-    )
-    return low, high, shape_rgb, blob_rgb
-
-
-def _rgb(values: np.ndarray) -> tuple[int, int, int]:
-    """Return an RGB triple of ints for PIL drawing."""
-    red, green, blue = (int(value) for value in values)
-    return red, green, blue
+    hue = (family_hue + HUE_SPREAD * (2.0 * fields[0] - 1.0)) % 1.0
+    saturation = 0.5 + 0.3 * fields[1]
+    background = 0.15 + 0.2 * fields[2]
+    shape = background + 0.35 + 0.2 * fields[3]
+    return np.full(3, background * 255.0), np.array(colorsys.hsv_to_rgb(hue, saturation, shape)) * 255.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import colorsys
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from pipeline.config import DataConfig, SyntheticConfig
 from pipeline.data.build import build_source
 from pipeline.data.errors import DataError
 from pipeline.data.longtail import long_tail_counts
-from pipeline.data.synthetic import SyntheticShapes, class_outlines
+from pipeline.data.synthetic import TEXTURES, SyntheticShapes, class_outlines, texture_map
 
 
 def pixels(source: SyntheticShapes, index: int) -> np.ndarray:
@@ -90,3 +92,29 @@ def test_invalid_arguments_raise() -> None:
         SyntheticShapes(0, 32, 2, 2, 0, 0)
     with pytest.raises(DataError, match="smaller than its 20 classes"):
         SyntheticShapes(10, 32, 4, 5, 0, 0, long_tail_ratio=10.0)
+
+
+def test_texture_maps_have_their_orientation_and_unknown_names_raise() -> None:
+    y, x = np.meshgrid(np.linspace(0.0, 3.0, 61), np.linspace(0.0, 3.0, 61), indexing="ij")
+    horizontal = texture_map("horizontal_stripes", x + 0.01, y + 0.01)
+    vertical = texture_map("vertical_stripes", x + 0.01, y + 0.01)
+    assert (horizontal == horizontal[:, :1]).all() and horizontal[:, 0].std() > 0.4
+    assert (vertical == vertical[:1, :]).all() and vertical[0, :].std() > 0.4
+    np.testing.assert_array_equal(texture_map("solid", x, y), np.ones_like(x))
+    checker = texture_map("checker", x + 0.01, y + 0.01)
+    assert 0.4 < checker.mean() < 0.6 and 0.05 < texture_map("dots", x, y).mean() < 0.3
+    assert set(TEXTURES) == {"solid", "horizontal_stripes", "vertical_stripes", "checker", "dots"}
+    with pytest.raises(ValueError, match="unknown texture 'zigzag'"):
+        texture_map("zigzag", x, y)
+
+
+def test_shape_colour_carries_the_family_hue_and_members_cycle_textures() -> None:
+    source = SyntheticShapes(60, 32, 3, 6, 2, 0)
+    np.testing.assert_array_equal(source.member_of_class, np.tile(np.arange(6), 3))
+    for index in range(len(source)):
+        image = pixels(source, index).reshape(-1, 3) / 255.0
+        brightest = image[image.sum(axis=1).argmax()]
+        hue = colorsys.rgb_to_hsv(*brightest)[0]
+        family_hue = source.superclass_of_class[source.labels[index]] / 3
+        distance = abs((hue - family_hue + 0.5) % 1.0 - 0.5)
+        assert distance < 0.06, (index, hue, family_hue)
