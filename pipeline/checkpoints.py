@@ -14,6 +14,8 @@ import torch
 from pipeline.config import ConfigError, ExperimentConfig
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# The epoch's metrics, also inside checkpoint.pt: reading a run's result must not load networks, optimiser and queue.
+METRICS_FILE = "metrics.json"
 RUN_ID_FILE = "mlflow_run_id"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 
@@ -63,6 +65,20 @@ def load_checkpoint(checkpoint_dir: Path, device: torch.device | str = "cpu") ->
     if not path.is_file():
         raise FileNotFoundError(f"no {CHECKPOINT_FILE} in checkpoint folder {checkpoint_dir}")
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def write_checkpoint(folder: Path, state: dict[str, Any]) -> None:
+    """Return None after writing ``state`` (with its ``metrics``) to a checkpoint folder about to be reported."""
+    torch.save(state, Path(folder) / CHECKPOINT_FILE)
+    (Path(folder) / METRICS_FILE).write_text(json.dumps(state["metrics"], sort_keys=True))
+
+
+def checkpoint_metrics(checkpoint_dir: Path) -> dict[str, float]:
+    """Return the metrics of the epoch a checkpoint folder holds, from its small metrics file when present."""
+    path = Path(checkpoint_dir) / METRICS_FILE
+    # Checkpoints written before the metrics file existed only hold them inside checkpoint.pt.
+    metrics = json.loads(path.read_text()) if path.is_file() else load_checkpoint(checkpoint_dir)["metrics"]
+    return {key: float(value) for key, value in metrics.items()}
 
 
 def resolve_run(config: ExperimentConfig, storage: Path) -> tuple[str, Path | None]:

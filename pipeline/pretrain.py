@@ -20,8 +20,8 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from pipeline import tracking
 from pipeline.checkpoints import (
     checkpoint_epoch,
+    checkpoint_metrics,
     latest_checkpoint,
-    load_checkpoint,
     read_run_id,
     resolve_run,
     write_run_id,
@@ -142,9 +142,7 @@ def pixel_baseline(config: ExperimentConfig, sources: dict[str, Source]) -> floa
 
 def _final_metrics(checkpoint_dir: Path | None) -> dict[str, float]:
     """Return the metrics stored with a checkpoint (empty without one)."""
-    if checkpoint_dir is None:
-        return {}
-    return {k: float(v) for k, v in load_checkpoint(checkpoint_dir)["metrics"].items()}
+    return {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
 
 
 def pretrain(config: ExperimentConfig) -> PretrainResult:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import tempfile
 import time
@@ -20,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import tracking
-from pipeline.checkpoints import CHECKPOINT_FILE, epoch_dir_name
+from pipeline.checkpoints import epoch_dir_name, load_checkpoint, write_checkpoint
 from pipeline.config import ExperimentConfig, build_config
 from pipeline.data.build import build_source
 from pipeline.data.loader import build_loader
@@ -170,7 +169,7 @@ def _restore(setup: WorkerSetup) -> tuple[int, int]:
     if checkpoint is None:
         return 0, 0
     with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=setup.device, weights_only=True)
+        state = load_checkpoint(Path(folder), setup.device)
     setup.method.load_state_dict(state["method"])
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.scaler.load_state_dict(state["scaler"])
@@ -244,7 +243,7 @@ def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done:
         "metrics": metrics,
     }
     with tempfile.TemporaryDirectory() as folder:
-        torch.save(state, os.path.join(folder, CHECKPOINT_FILE))
+        write_checkpoint(Path(folder), state)
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(folder),

@@ -8,7 +8,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint
+from pipeline.checkpoints import METRICS_FILE, checkpoint_metrics, latest_checkpoint, load_checkpoint
 from pipeline.config import ConfigError, ExperimentConfig, load_config, with_overrides
 from pipeline.pretrain import ResourceError, check_resources, pretrain
 
@@ -47,6 +47,9 @@ def test_two_worker_moco_run_is_recorded_in_mlflow(tmp_path: Path, mlflow_uri: s
     state = load_checkpoint(Path(result.checkpoint_path))
     assert state["epoch"] == 2
     assert state["global_step"] == 2 * STEPS_PER_EPOCH
+    assert (Path(result.checkpoint_path) / METRICS_FILE).is_file()
+    assert checkpoint_metrics(Path(result.checkpoint_path)) == pytest.approx(state["metrics"])
+    assert result.metrics == pytest.approx(state["metrics"])
     queue_pointer = int(state["method"]["queue.pointer"])
     assert queue_pointer == (state["global_step"] * 16) % 64
 
