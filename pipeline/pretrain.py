@@ -140,11 +140,6 @@ def pixel_baseline(config: ExperimentConfig, sources: dict[str, Source]) -> floa
     )
 
 
-def _final_metrics(checkpoint_dir: Path | None) -> dict[str, float]:
-    """Return the metrics stored with a checkpoint (empty without one)."""
-    return {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
-
-
 def pretrain(config: ExperimentConfig) -> PretrainResult:
     """Run (or resume) one pretraining run end to end and return its result."""
     started = time.time()
@@ -188,7 +183,7 @@ def pretrain(config: ExperimentConfig) -> PretrainResult:
         if epochs_done < config.train.epochs:
             _fit(config, method_class, run_name, storage, run_dir, run)
         checkpoint_dir = latest_checkpoint(run_dir)
-        metrics = _final_metrics(checkpoint_dir)
+        metrics = {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
     except BaseException:
         tracking.finish_run(run, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
         raise

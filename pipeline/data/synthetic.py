@@ -145,8 +145,8 @@ class SyntheticShapes(MapSource):
         label = self.labels[index]
         family_hue = self.superclass_of_class[label] / self.num_superclasses
         background_rgb, shape_rgb = _colours(self.colours[index], family_hue)
-        outline = self.outlines[label] * (RADIUS_RANGE[0] + (RADIUS_RANGE[1] - RADIUS_RANGE[0]) * radius) * canvas
-        centre = (CENTRE_RANGE[0] + (CENTRE_RANGE[1] - CENTRE_RANGE[0]) * np.array([cx, cy])) * canvas
+        outline = self.outlines[label] * _between(RADIUS_RANGE, radius) * canvas
+        centre = _between(CENTRE_RANGE, np.array([cx, cy])) * canvas
         x = np.cos(self.theta) * outline * (1.0 if flip < 0.5 else -1.0)
         points = np.stack([x, np.sin(self.theta) * outline], axis=1) + centre
         mask = PIL.Image.new("L", (canvas, canvas), 0)
@@ -190,6 +190,11 @@ def texture_map(texture: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     else:
         raise ValueError(f"unknown texture {texture!r}; expected one of {TEXTURES}")
     return on.astype(np.float32)
+
+
+def _between(bounds: tuple[float, float], fraction: Any) -> Any:
+    """Return the point(s) ``fraction`` (uniform draws in [0, 1)) of the way from ``bounds[0]`` to ``bounds[1]``."""
+    return bounds[0] + (bounds[1] - bounds[0]) * fraction
 
 
 def _colours(fields: np.ndarray, family_hue: float) -> tuple[np.ndarray, np.ndarray]:
