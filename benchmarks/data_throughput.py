@@ -18,7 +18,8 @@ from pipeline.data.files import ImageFolder
 from pipeline.data.loader import build_loader
 from pipeline.data.parquet import ParquetShards, write_shards
 from pipeline.data.synthetic import SyntheticShapes
-from pipeline.data.views import MultiView, build_view
+from pipeline.data.views import build_views
+from pipeline.methods.recipes import MOCO_V2
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +59,7 @@ def main() -> None:
     """Generate the data, then print one images/s line per source."""
     args = parse_args()
     data_cfg = DataConfig(image_size=args.image_size)
-    views = MultiView({"query": build_view("strong", data_cfg), "key": build_view("strong", data_cfg)})
+    views = build_views({"query": MOCO_V2, "key": MOCO_V2}, data_cfg)
     synthetic = SyntheticShapes(args.num_images, args.image_size, 4, 5, seed=0, split_offset=0)
     print(
         f"{args.num_images} images of {args.image_size} px, two strong views, batch {args.batch_size}, "

@@ -1,8 +1,11 @@
-"""Print images/s of one full training step (forward, backward, optimiser, queue update) per method.
+"""Print images/s of one full training step (forward, backward, optimiser, method state update) per method.
 
-One process, synthetic tensors (no data loading), ResNet-18 at 32 px, batch 256 by default,
-for the CIFAR stem and the standard stem. On CUDA, ``--amp bf16 --channels-last`` measure the
-fast path. Example: ``python benchmarks/train_step.py --methods moco supcon --steps 5``.
+One process, no data loading in the timed part: each method's inputs are made once by running its
+own declared views on random images, so a new method is benchmarked without editing this file.
+Every step is ``pipeline.step.train_step``, the function the Ray training loop calls. ResNet-18 at
+32 px, batch 256 by default, with the CIFAR stem and the standard stem. Needs torch only (no Ray).
+On CUDA, ``--amp bf16 --channels-last`` measure the fast path.
+Example: ``python benchmarks/train_step.py --methods moco supcon --steps 5``.
 """
 
 from __future__ import annotations
@@ -10,54 +13,59 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
+import PIL.Image
 import torch
+from torch.utils.data import default_collate
 
-from pipeline.config import load_config, with_overrides
-from pipeline.methods import MethodContext, StepInfo, get_method
+from pipeline.config import ExperimentConfig, load_config, with_overrides
+from pipeline.methods import Batch, Method, MethodContext, StepInfo, get_method, method_names
 from pipeline.optim import build_optimizer
-from pipeline.train import autocast_dtype
+from pipeline.step import autocast_dtype, batch_to_device, train_step
+
+NUM_CLASSES = 10
 
 
-def make_views(method: str, batch: int, size: int, device: torch.device, channels_last: bool) -> dict:
-    """Return random input views shaped as the method's transform would produce them."""
-    names = ("query", "key") if method == "moco" else ("view1", "view2")
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return {
-        name: torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format) for name in names
-    }
+def method_inputs(method_class: type[Method], config: ExperimentConfig, device: torch.device) -> Batch:
+    """Return one batch of the method's declared views of random images, collated and on ``device``."""
+    transform = method_class.train_transform(config)
+    rng = np.random.default_rng(0)
+    size = config.data.image_size
+    images = [
+        PIL.Image.fromarray(rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8))
+        for _ in range(config.train.batch_size)
+    ]
+    views = default_collate([transform(image) for image in images])
+    labels = torch.as_tensor(rng.integers(0, NUM_CLASSES, size=config.train.batch_size))
+    indices = torch.arange(config.train.batch_size)
+    return batch_to_device((views, labels, indices), device, config.train.channels_last)
 
 
 def measure(method_name: str, cifar_stem: bool, args: argparse.Namespace, device: torch.device) -> float:
     """Return images/s of ``args.steps`` timed steps after ``args.warmup`` untimed ones."""
-    config = with_overrides(
-        load_config(None, [f"method.name={method_name}"]),
-        {
-            "model.backbone": "resnet18",
-            "model.cifar_stem": cifar_stem,
-            "model.batch_norm": "plain",
-            "data.image_size": args.size,
-            "train.batch_size": args.batch_size,
-            "train.amp": args.amp,
-        },
-    )
-    method = get_method(method_name)(MethodContext(config, 0, 1, 10, args.steps + args.warmup))
+    overrides = {
+        "model.backbone": "resnet18",
+        "model.cifar_stem": cifar_stem,
+        "model.batch_norm": "plain",
+        "data.image_size": args.size,
+        "train.batch_size": args.batch_size,
+        "train.amp": args.amp,
+        "train.channels_last": args.channels_last,
+    }
+    config = with_overrides(load_config(None, [f"method.name={method_name}"]), overrides)
+    method_class = get_method(method_name)
+    method_class.validate(config, world_size=1)
+    total = args.warmup + args.steps
+    context = MethodContext(config, 0, 1, NUM_CLASSES, total, method_class.batch_norm(config, 1))
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    method = method.to(device, memory_format=memory_format)
+    method = method_class(context).to(device, memory_format=memory_format)
     optimizer = build_optimizer(config.optim, method)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
     dtype = autocast_dtype(args.amp)
-    views = make_views(method_name, args.batch_size, args.size, device, args.channels_last)
-    labels = torch.randint(0, 10, (args.batch_size,), device=device)
-    total = args.warmup + args.steps
+    batch = method_inputs(method_class, config, device)
 
     def step(index: int) -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            losses = method(views, labels, StepInfo(0, index, total))
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["loss"]).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        method.on_step_end()
+        train_step(method, method, optimizer, scaler, batch, StepInfo(0, index, total), config.optim.lr, dtype)
 
     for index in range(args.warmup):
         step(index)
@@ -74,7 +82,7 @@ def measure(method_name: str, cifar_stem: bool, args: argparse.Namespace, device
 def main() -> None:
     """Parse arguments and print one line per (method, stem)."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--methods", nargs="+", default=["moco", "supcon"])
+    parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
@@ -89,7 +97,7 @@ def main() -> None:
         f"{'GPU' if device.type == 'cuda' else 'threads'}), ResNet-18, {args.size} px, batch {args.batch_size}, "
         f"amp {args.amp}, channels_last {args.channels_last}"
     )
-    for method_name in args.methods:
+    for method_name in args.methods or method_names():
         for cifar_stem in (True, False):
             rate = measure(method_name, cifar_stem, args, device)
             stem = "cifar stem   " if cifar_stem else "standard stem"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import tracking
-from pipeline.checkpoints import epoch_dir_name, load_checkpoint, write_checkpoint
+from pipeline.checkpoints import checkpoint_epoch, epoch_dir_name, load_checkpoint, write_checkpoint
 from pipeline.config import ExperimentConfig, build_config
 from pipeline.data.build import build_source
-from pipeline.data.loader import build_loader
+from pipeline.data.loader import EpochLoader, build_loader
+from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluation.monitor import knn_monitor
-from pipeline.methods import Method, MethodContext, StepInfo, get_method
-from pipeline.methods.common import resolve_batch_norm
+from pipeline.methods import EpochContext, Method, MethodContext, StepInfo, get_method
 from pipeline.optim import build_optimizer, lr_schedule
+from pipeline.progress import ProgressReporter
+from pipeline.step import autocast_dtype, batch_to_device, train_step
 
 FAILURE_MARKER = ".injected_failure"
 
@@ -42,20 +43,6 @@ def seed_everything(seed: int, *parts: int) -> None:
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
-
-
-def to_device(batch: Any, device: torch.device, channels_last: bool) -> Any:
-    """Return ``batch`` (tensor or nested dict of tensors) on ``device``; 4-D images optionally channels-last."""
-    if isinstance(batch, dict):
-        return {key: to_device(value, device, channels_last) for key, value in batch.items()}
-    if channels_last and batch.dim() == 4:
-        return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
-    return batch.to(device, non_blocking=True)
-
-
-def autocast_dtype(amp: str) -> torch.dtype | None:
-    """Return the autocast dtype for ``train.amp`` (None when off)."""
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
 def format_duration(seconds: float) -> str:
@@ -99,22 +86,26 @@ class WorkerSetup:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    train_loader: Any
-    memory_loader: Any
-    query_loader: Any
-    memory_labels: torch.Tensor
-    query_labels: torch.Tensor
+    train_loader: EpochLoader
+    train_images: EpochLoader
+    test_images: EpochLoader
+    train_labels: torch.Tensor
+    test_labels: torch.Tensor
     num_classes: int
     learning_rates: np.ndarray
+    progress: ProgressReporter
+
+    @property
+    def total_steps(self) -> int:
+        """Return the number of optimiser steps of the whole run."""
+        return len(self.train_loader) * self.config.train.epochs
 
 
-def _build(config: ExperimentConfig) -> WorkerSetup:
-    """Return the worker's data, method, DDP wrapper, optimiser and schedules."""
+def _build(config: ExperimentConfig, progress: ProgressReporter) -> WorkerSetup:
+    """Return the worker's data, method, DDP wrapper, optimiser and schedules (the driver validated the config)."""
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = get_device()
-    if config.train.batch_size % world_size:
-        raise ValueError(f"train.batch_size = {config.train.batch_size} is not divisible by {world_size} workers")
     local_batch = config.train.batch_size // world_size
     method_class = get_method(config.method.name)
     data, workers = config.data, config.data.num_workers
@@ -125,15 +116,18 @@ def _build(config: ExperimentConfig) -> WorkerSetup:
         raise ValueError(
             f"the training set ({len(train_source)} images) is smaller than one batch per worker ({local_batch})"
         )
-    eval_view = build_view("eval", data)
-    memory_source = build_source(data, "train", transform=eval_view)
-    query_source = build_source(data, "test", transform=eval_view)
-    memory_loader = build_loader(memory_source, local_batch, rank, world_size, False, False, data.seed, workers)
-    query_loader = build_loader(query_source, local_batch, rank, world_size, False, False, data.seed, workers)
+    eval_view = build_view(EVAL_VIEW, data)
+    # The training set under the evaluation view serves the kNN memory bank and the methods' per-epoch passes.
+    train_image_source = build_source(data, "train", transform=eval_view)
+    test_image_source = build_source(data, "test", transform=eval_view)
+    train_images = build_loader(train_image_source, local_batch, rank, world_size, False, False, data.seed, workers)
+    test_images = build_loader(test_image_source, local_batch, rank, world_size, False, False, data.seed, workers)
 
     seed_everything(config.train.seed)
-    method = method_class(MethodContext(config, rank, world_size, train_source.num_classes, len(train_loader)))
-    if resolve_batch_norm(config.model.batch_norm, world_size, method_class.has_momentum_encoder) == "sync":
+    batch_norm = method_class.batch_norm(config, world_size)
+    method_context = MethodContext(config, rank, world_size, train_source.num_classes, len(train_loader), batch_norm)
+    method = method_class(method_context)
+    if batch_norm == "sync":
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)
@@ -154,27 +148,51 @@ def _build(config: ExperimentConfig) -> WorkerSetup:
         optimizer=optimizer,
         scaler=scaler,
         train_loader=train_loader,
-        memory_loader=memory_loader,
-        query_loader=query_loader,
-        memory_labels=torch.as_tensor(memory_source.labels, dtype=torch.long),
-        query_labels=torch.as_tensor(query_source.labels, dtype=torch.long),
+        train_images=train_images,
+        test_images=test_images,
+        train_labels=torch.as_tensor(train_image_source.labels, dtype=torch.long),
+        test_labels=torch.as_tensor(test_image_source.labels, dtype=torch.long),
         num_classes=train_source.num_classes,
         learning_rates=learning_rates,
+        progress=progress,
     )
 
 
-def _restore(setup: WorkerSetup) -> tuple[int, int]:
-    """Return (first epoch to train, global step) after loading Ray's latest checkpoint, if any."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+def _checkpoint_to_resume(resume_from: str | None) -> tuple[Path | None, Any]:
+    """Return the newer of Ray's latest registered checkpoint and the driver's ``resume_from`` folder.
+
+    Ray registers a checkpoint a moment after its folder is complete; a run interrupted in between
+    would otherwise restart from an older epoch than the one on disk.
+    """
+    ray_checkpoint = ray.train.get_checkpoint()
+    candidates: list[tuple[int, Path | None, Any]] = []
+    if ray_checkpoint is not None:
+        candidates.append((checkpoint_epoch(Path(ray_checkpoint.path)), None, ray_checkpoint))
+    if resume_from is not None:
+        candidates.append((checkpoint_epoch(Path(resume_from)), Path(resume_from), None))
+    if not candidates:
+        return None, None
+    _, folder, checkpoint = max(candidates, key=lambda candidate: candidate[0])
+    return folder, checkpoint
+
+
+def _restore(setup: WorkerSetup, resume_from: str | None) -> tuple[int, int]:
+    """Return (first epoch to train, global step) after loading the newest checkpoint, if any."""
+    folder, ray_checkpoint = _checkpoint_to_resume(resume_from)
+    if folder is None and ray_checkpoint is None:
         return 0, 0
-    with checkpoint.as_directory() as folder:
-        state = load_checkpoint(Path(folder), setup.device)
+    if ray_checkpoint is not None:
+        with ray_checkpoint.as_directory() as local:
+            state = load_checkpoint(Path(local), setup.device)
+        where = ray_checkpoint.path
+    else:
+        state = load_checkpoint(folder, setup.device)
+        where = str(folder)
     setup.method.load_state_dict(state["method"])
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.scaler.load_state_dict(state["scaler"])
     if setup.rank == 0:
-        print(f"resumed from {checkpoint.path}: {state['epoch']} epochs done, step {state['global_step']}", flush=True)
+        setup.progress.say(f"resumed from {where}: {state['epoch']} epochs done, step {state['global_step']}")
     return int(state["epoch"]), int(state["global_step"])
 
 
@@ -191,42 +209,73 @@ def _maybe_inject_failure(config: ExperimentConfig, epoch: int, rank: int, run_d
     raise InjectedFailure(f"injected failure at the start of epoch {epoch} on rank {rank}")
 
 
-def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, total_steps: int) -> tuple[dict[str, float], int]:
+def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int) -> tuple[dict[str, float], int]:
     """Run one epoch; return the epoch's mean losses and learning rate, and the new global step."""
-    config, method, device = setup.config, setup.method, setup.device
+    config, device = setup.config, setup.device
     amp_dtype = autocast_dtype(config.train.amp)
-    autocast = torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     setup.train_loader.set_epoch(epoch)
     steps = len(setup.train_loader)
     sums: dict[str, torch.Tensor] = {}
     started = time.perf_counter()
-    for step_in_epoch, (views, labels, _) in enumerate(setup.train_loader):
-        for group in setup.optimizer.param_groups:
-            group["lr"] = float(setup.learning_rates[global_step])
-        views = to_device(views, device, config.train.channels_last)
-        labels = labels.to(device, non_blocking=True)
-        with autocast:
-            losses = setup.model(views, labels, StepInfo(epoch, global_step, total_steps))
-        setup.optimizer.zero_grad(set_to_none=True)
-        setup.scaler.scale(losses["loss"]).backward()
-        setup.scaler.step(setup.optimizer)
-        setup.scaler.update()
-        method.on_step_end()
+    for step_in_epoch, raw in enumerate(setup.train_loader):
+        batch = batch_to_device(raw, device, config.train.channels_last)
+        losses = train_step(
+            setup.model,
+            setup.method,
+            setup.optimizer,
+            setup.scaler,
+            batch,
+            StepInfo(epoch, global_step, setup.total_steps),
+            float(setup.learning_rates[global_step]),
+            amp_dtype,
+        )
         for key, value in losses.items():
-            sums[key] = sums.get(key, 0) + value.detach().float()
+            sums[key] = sums.get(key, 0) + value.float()
         global_step += 1
         done = step_in_epoch + 1
         if setup.rank == 0 and done % config.train.log_every_steps == 0 and done < steps:
             elapsed = time.perf_counter() - started
             rate = done * config.train.batch_size / elapsed
-            print(
-                f"  epoch {epoch + 1} step {done}/{steps} loss {float(losses['loss'].detach()):.4f} "
-                f"{rate:.0f} img/s, epoch ETA {format_duration(elapsed / done * (steps - done))}",
-                flush=True,
+            setup.progress.say(
+                f"  epoch {epoch + 1} step {done}/{steps} loss {float(losses['loss']):.4f} "
+                f"{rate:.0f} img/s, epoch ETA {format_duration(elapsed / done * (steps - done))}"
             )
     metrics = {f"train/{key}": value for key, value in _mean_across_workers(sums, steps).items()}
     metrics["train/lr"] = float(setup.learning_rates[global_step - 1])
     return metrics, global_step
+
+
+def _epoch_context(setup: WorkerSetup, epoch: int, resources: dict[str, Any]) -> EpochContext:
+    """Return what the method gets before ``epoch``: device, rank, the run's resources and the training images."""
+    return EpochContext(
+        epoch=epoch,
+        device=setup.device,
+        rank=setup.rank,
+        world_size=setup.world_size,
+        num_train=int(setup.train_labels.shape[0]),
+        train_images=setup.train_images,
+        resources=resources,
+        autocast_dtype=autocast_dtype(setup.config.train.amp),
+        channels_last=setup.config.train.channels_last,
+    )
+
+
+def _knn_top1(setup: WorkerSetup) -> float:
+    """Return the weighted-kNN top-1 of the method's backbone, test set against the training set."""
+    config = setup.config
+    return knn_monitor(
+        setup.method.evaluation_networks()["backbone"],
+        setup.train_images,
+        setup.train_labels,
+        setup.test_images,
+        setup.test_labels,
+        setup.num_classes,
+        config.eval.knn_k,
+        config.eval.knn_temperature,
+        setup.device,
+        autocast_dtype(config.train.amp),
+        config.train.channels_last,
+    )
 
 
 def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done: int, global_step: int) -> None:
@@ -252,41 +301,27 @@ def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done:
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Train one worker's share of the run described by ``loop_config`` (config, run folder, MLflow, handles)."""
+    """Train one worker's share of the run in ``loop_config`` (config, run folder, MLflow, resources, resume)."""
     config = build_config(loop_config["config"])
     run_dir = Path(loop_config["run_dir"])
-    handles = loop_config.get("handles", {})
-    setup = _build(config)
-    start_epoch, global_step = _restore(setup)
-    total_steps = len(setup.train_loader) * config.train.epochs
+    resources = loop_config.get("resources", {})
+    progress = ProgressReporter(loop_config.get("progress"))
+    setup = _build(config, progress)
+    start_epoch, global_step = _restore(setup, loop_config.get("resume_from"))
     run = tracking.RunHandle(**loop_config["mlflow"]) if setup.rank == 0 and loop_config.get("mlflow") else None
     logged_up_to = tracking.last_logged_step(run, "train/loss") if run else -1
     epoch_times: list[float] = []
-    amp_dtype = autocast_dtype(config.train.amp)
     for epoch in range(start_epoch, config.train.epochs):
         started = time.perf_counter()
         seed_everything(config.train.seed, setup.rank, epoch)
         _maybe_inject_failure(config, epoch + 1, setup.rank, run_dir)
-        setup.method.on_epoch_start(epoch, handles)
-        metrics, global_step = _train_epoch(setup, epoch, global_step, total_steps)
+        setup.method.on_epoch_start(_epoch_context(setup, epoch, resources))
+        metrics, global_step = _train_epoch(setup, epoch, global_step)
         train_time = time.perf_counter() - started
         metrics["perf/images_per_s"] = len(setup.train_loader) * config.train.batch_size / train_time
         _broadcast_buffers(setup.method)
-        last = epoch + 1 == config.train.epochs
-        if (epoch + 1) % config.eval.knn_every == 0 or last:
-            metrics["knn/top1"] = knn_monitor(
-                setup.method.eval_backbone(),
-                setup.memory_loader,
-                setup.memory_labels,
-                setup.query_loader,
-                setup.query_labels,
-                setup.num_classes,
-                config.eval.knn_k,
-                config.eval.knn_temperature,
-                setup.device,
-                amp_dtype,
-                config.train.channels_last,
-            )
+        if (epoch + 1) % config.eval.knn_every == 0 or epoch + 1 == config.train.epochs:
+            metrics["knn/top1"] = _knn_top1(setup)
         metrics["perf/epoch_time_s"] = time.perf_counter() - started
         metrics["epoch"] = epoch + 1
         epoch_times.append(metrics["perf/epoch_time_s"])
@@ -296,8 +331,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if setup.rank == 0:
             eta = format_duration(float(np.mean(epoch_times)) * (config.train.epochs - epoch - 1))
             knn = f" knn {metrics['knn/top1']:.2f}%" if "knn/top1" in metrics else ""
-            print(
+            setup.progress.say(
                 f"epoch {epoch + 1}/{config.train.epochs} loss {metrics['train/loss']:.4f}{knn} "
-                f"{metrics['perf/images_per_s']:.0f} img/s {metrics['perf/epoch_time_s']:.1f}s ETA {eta}",
-                flush=True,
+                f"{metrics['perf/images_per_s']:.0f} img/s {metrics['perf/epoch_time_s']:.1f}s ETA {eta}"
             )

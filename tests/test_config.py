@@ -159,3 +159,39 @@ def test_cli_missing_data_fails_before_any_run(tmp_path: Path) -> None:
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and str(missing) in last and "data.download" in last
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def _modules_after_import(*modules: str) -> set[str]:
+    """Return the module names a fresh interpreter holds after importing ``modules``."""
+    code = f"import sys; import {', '.join(modules)}; print('\\n'.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return set(done.stdout.split())
+
+
+def test_config_imports_neither_torch_nor_any_method() -> None:
+    loaded = _modules_after_import("pipeline.config")
+    assert not {name for name in loaded if name.split(".")[0] in ("torch", "torchvision", "ray", "mlflow")}
+    assert not {name for name in loaded if name.startswith("pipeline.methods")}
+
+
+def test_data_layer_imports_no_method() -> None:
+    data_modules = sorted(f"pipeline.data.{path.stem}" for path in (ROOT / "pipeline" / "data").glob("*.py"))
+    loaded = _modules_after_import(*data_modules)
+    assert set(data_modules) <= loaded
+    assert not {name for name in loaded if name.startswith("pipeline.methods")}
+
+
+def test_booleans_are_not_numbers() -> None:
+    with pytest.raises(ConfigError, match="train.epochs = True: must be a number, not a boolean"):
+        load_config(None, ["train.epochs=true"])
+    with pytest.raises(ConfigError, match="method.temperature = False"):
+        load_config(None, ["method.temperature=false"])
+    assert load_config(None, ["data.blur=true"]).data.blur is True
+
+
+def test_unknown_method_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="method: unknown method 'nope'; expected one of ") as error:
+        load_config(None, ["method.name=nope"])
+    known = str(error.value).split("expected one of ")[1].split(", ")
+    assert {"moco", "simclr", "supcon"} <= set(known)

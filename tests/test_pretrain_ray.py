@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from pipeline.checkpoints import METRICS_FILE, checkpoint_metrics, latest_checkpoint, load_checkpoint
 from pipeline.config import ConfigError, ExperimentConfig, load_config, with_overrides
-from pipeline.pretrain import ResourceError, check_resources, pretrain
+from pipeline.launch import ResourceError, check_resources, pretrain
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

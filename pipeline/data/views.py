@@ -1,14 +1,14 @@
-"""View transforms: the augmentations each method applies to a PIL RGB image.
+"""Execute view recipes per image with torchvision: PIL RGB image in, normalised float32 tensors out.
 
-Every view ends in a float32 tensor normalised by the data source's mean and std. Kinds:
-``strong`` (MoCo v2 query), ``weak`` (ASCL key), ``dscl_key`` (DSCL key), ``supcon``,
-``eval`` and ``query_patches`` (DSCL+PBSD query with patches cropped from its geometry).
+Recipes (``pipeline.data.recipes``) say what a view does; this module is today's backend that does
+it. Every view ends in a float32 tensor normalised by the data source's mean and std. A recipe
+with patches yields ``{"image", "patches", "boxes"}`` instead of a single tensor.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import PIL.Image
@@ -18,6 +18,16 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from pipeline.config import DataConfig
+from pipeline.data.recipes import (
+    ColorJitter,
+    GaussianBlur,
+    Grayscale,
+    HorizontalFlip,
+    RandomResizedCrop,
+    ResizeCenterCrop,
+    Step,
+    ViewRecipe,
+)
 
 IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SOURCE_NORMALIZATION = {
@@ -25,10 +35,6 @@ SOURCE_NORMALIZATION = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
 }
-VIEW_KINDS = ("strong", "weak", "dscl_key", "supcon", "eval", "query_patches")
-CROP_SCALE = (0.2, 1.0)
-PATCH_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-PATCH_OPTIONS = ("num_patches", "patch_scale", "patch_size")
 
 View = Callable[[PIL.Image.Image], Any]
 
@@ -42,7 +48,7 @@ def normalization(data_cfg: DataConfig) -> tuple[list[float], list[float]]:
 
 
 def blur_enabled(data_cfg: DataConfig) -> bool:
-    """Return whether strong views blur: the config's choice, by default only for images of 64 px or more."""
+    """Return whether blur steps run: the config's choice, by default only for images of 64 px or more."""
     return data_cfg.blur if data_cfg.blur is not None else data_cfg.image_size >= 64
 
 
@@ -63,64 +69,56 @@ def _to_tensor(data_cfg: DataConfig) -> list[v2.Transform]:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
 
 
-def _random_crop(size: int) -> v2.Transform:
-    """Return the random resized crop every training view starts with."""
-    return v2.RandomResizedCrop(size, scale=CROP_SCALE)
+def step_transforms(step: Step, size: int, blur: bool) -> list[v2.Transform]:
+    """Return the torchvision transforms executing one recipe step on an image of side ``size`` (none for off blur)."""
+    if isinstance(step, RandomResizedCrop):
+        return [v2.RandomResizedCrop(size, scale=step.scale, ratio=step.ratio)]
+    if isinstance(step, HorizontalFlip):
+        return [v2.RandomHorizontalFlip(p=step.p)]
+    if isinstance(step, ColorJitter):
+        jitter = v2.ColorJitter(step.brightness, step.contrast, step.saturation, step.hue)
+        return [v2.RandomApply([jitter], p=step.p)]
+    if isinstance(step, Grayscale):
+        return [v2.RandomGrayscale(p=step.p)]
+    if isinstance(step, GaussianBlur):
+        if not blur:
+            return []
+        return [v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=step.sigma)], p=step.p)]
+    if isinstance(step, ResizeCenterCrop):
+        resize = round(size * 256 / 224) if size >= 64 else size
+        return [v2.Resize(resize), v2.CenterCrop(size)]
+    raise TypeError(f"unknown view step {step!r}")
 
 
-def _jitter(hue: float) -> v2.Transform:
-    """Return colour jitter (0.4 brightness, contrast, saturation) applied with probability 0.8."""
-    return v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, hue)], p=0.8)
+def _compose(steps: tuple[Step, ...], size: int, blur: bool) -> list[v2.Transform]:
+    """Return the transforms of several steps, in order."""
+    return [transform for step in steps for transform in step_transforms(step, size, blur)]
 
 
-def _strong_colour(size: int, blur: bool) -> list[v2.Transform]:
-    """Return MoCo v2's colour steps for an image of side ``size``: jitter, grayscale, optional blur."""
-    steps = [_jitter(0.1), v2.RandomGrayscale(p=0.2)]
-    if blur:
-        steps.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5))
-    return steps
+class PatchView:
+    """A view plus patches cut from its geometry before colour augmentation (DSCL+PBSD's query)."""
 
-
-def _eval_steps(size: int) -> list[v2.Transform]:
-    """Return the deterministic resize + centre crop: ImageNet's 256/224 ratio from 64 px on."""
-    resize = round(size * 256 / 224) if size >= 64 else size
-    return [v2.Resize(resize), v2.CenterCrop(size)]
-
-
-class PatchQueryView:
-    """DSCL+PBSD query: a strong view plus patches cropped from its geometry before colour augmentation."""
-
-    def __init__(
-        self,
-        data_cfg: DataConfig,
-        num_patches: int = 5,
-        patch_scale: Sequence[float] = (0.05, 0.6),
-        patch_size: int | None = None,
-    ) -> None:
-        if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
-            raise ValueError(f"num_patches must be a positive integer, got {num_patches!r}")
-        if len(patch_scale) != 2 or not 0 < patch_scale[0] <= patch_scale[1] <= 1:
-            raise ValueError(f"patch_scale must be (low, high) with 0 < low <= high <= 1, got {patch_scale!r}")
-        if patch_size is not None and (isinstance(patch_size, bool) or not isinstance(patch_size, int)):
-            raise ValueError(f"patch_size must be an integer, got {patch_size!r}")
-        if patch_size is not None and patch_size < 1:
-            raise ValueError(f"patch_size must be at least 1, got {patch_size}")
+    def __init__(self, recipe: ViewRecipe, data_cfg: DataConfig) -> None:
+        if recipe.patches is None:
+            raise ValueError("PatchView needs a recipe with patches")
+        patches = recipe.patches
         self.image_size = data_cfg.image_size
-        self.num_patches = num_patches
-        self.patch_scale = (float(patch_scale[0]), float(patch_scale[1]))
-        self.patch_size = patch_size if patch_size is not None else default_patch_size(self.image_size)
+        self.num_patches = patches.count
+        self.patch_scale = patches.scale
+        self.patch_ratio = patches.ratio
+        self.patch_size = patches.size if patches.size is not None else default_patch_size(self.image_size)
         blur = blur_enabled(data_cfg)
-        self.geometry = v2.Compose([_random_crop(self.image_size), v2.RandomHorizontalFlip()])
-        self.query_colour = v2.Compose([*_strong_colour(self.image_size, blur), *_to_tensor(data_cfg)])
-        self.patch_colour = v2.Compose([*_strong_colour(self.patch_size, blur), *_to_tensor(data_cfg)])
+        self.geometry = v2.Compose(_compose(recipe.geometry, self.image_size, blur))
+        self.query_colour = v2.Compose([*_compose(recipe.colour, self.image_size, blur), *_to_tensor(data_cfg)])
+        self.patch_colour = v2.Compose([*_compose(patches.steps, self.patch_size, blur), *_to_tensor(data_cfg)])
 
     def sample_boxes(self) -> Tensor:
-        """Return [L, 4] random boxes (x1, y1, x2, y2), whole pixels inside the query frame."""
+        """Return [L, 4] random boxes (x1, y1, x2, y2), whole pixels inside the view's frame."""
         size, count = self.image_size, self.num_patches
         # Same law as RandomResizedCrop: uniform area fraction, log-uniform aspect ratio (w / h);
         # boxes that do not fit are clipped to the frame instead of redrawn.
         area = torch.empty(count).uniform_(*self.patch_scale) * size**2
-        ratio = torch.empty(count).uniform_(math.log(PATCH_RATIO[0]), math.log(PATCH_RATIO[1])).exp()
+        ratio = torch.empty(count).uniform_(math.log(self.patch_ratio[0]), math.log(self.patch_ratio[1])).exp()
         width = torch.sqrt(area * ratio).round().clamp(1, size)
         height = torch.sqrt(area / ratio).round().clamp(1, size)
         # rand() < 1, so the floor keeps every box inside the frame.
@@ -137,38 +135,20 @@ class PatchQueryView:
         ]
 
     def __call__(self, image: PIL.Image.Image) -> dict[str, Tensor]:
-        """Return {"image": [3, S, S], "patches": [L, 3, P, P], "boxes": [L, 4] in query-view pixels}."""
+        """Return {"image": [3, S, S], "patches": [L, 3, P, P], "boxes": [L, 4] in view pixels}."""
         geometry_image = self.geometry(image)
         boxes = self.sample_boxes()
         patches = [self.patch_colour(patch) for patch in self.crop_patches(geometry_image, boxes)]
         return {"image": self.query_colour(geometry_image), "patches": torch.stack(patches), "boxes": boxes}
 
 
-def build_view(kind: str, data_cfg: DataConfig, **options: Any) -> View:
-    """Return the view transform of ``kind`` for this data config (options only for query_patches)."""
-    if kind not in VIEW_KINDS:
-        raise ValueError(f"unknown view kind {kind!r}; expected one of {', '.join(VIEW_KINDS)}")
-    if kind == "query_patches":
-        unknown = sorted(set(options) - set(PATCH_OPTIONS))
-        if unknown:
-            raise ValueError(f"unknown query_patches options {unknown}; expected some of {', '.join(PATCH_OPTIONS)}")
-        return PatchQueryView(data_cfg, **options)
-    if options:
-        raise ValueError(f"view kind {kind!r} takes no options, got {sorted(options)}")
-    return v2.Compose([*_plain_steps(kind, data_cfg.image_size, blur_enabled(data_cfg)), *_to_tensor(data_cfg)])
-
-
-def _plain_steps(kind: str, size: int, blur: bool) -> list[v2.Transform]:
-    """Return the PIL-to-PIL steps of a view kind that yields a single image."""
-    if kind == "strong":
-        return [_random_crop(size), *_strong_colour(size, blur), v2.RandomHorizontalFlip()]
-    if kind == "weak":
-        return [_random_crop(size), v2.RandomHorizontalFlip()]
-    if kind == "dscl_key":
-        return [_random_crop(size), v2.RandomHorizontalFlip(), _jitter(0.0)]
-    if kind == "supcon":
-        return [_random_crop(size), v2.RandomHorizontalFlip(), _jitter(0.1), v2.RandomGrayscale(p=0.2)]
-    return _eval_steps(size)
+def build_view(recipe: ViewRecipe, data_cfg: DataConfig) -> View:
+    """Return the per-image transform executing ``recipe`` for this data config."""
+    if not isinstance(recipe, ViewRecipe):
+        raise TypeError(f"build_view expects a ViewRecipe, got {type(recipe).__name__}")
+    if recipe.patches is not None:
+        return PatchView(recipe, data_cfg)
+    return v2.Compose([*_compose(recipe.steps, data_cfg.image_size, blur_enabled(data_cfg)), *_to_tensor(data_cfg)])
 
 
 class MultiView:
@@ -182,3 +162,8 @@ class MultiView:
     def __call__(self, image: PIL.Image.Image) -> dict[str, Any]:
         """Return {view name: that view's output} for one image."""
         return {name: view(image) for name, view in self.views.items()}
+
+
+def build_views(recipes: Mapping[str, ViewRecipe], data_cfg: DataConfig) -> MultiView:
+    """Return the transform producing every named view of ``recipes`` from one image."""
+    return MultiView({name: build_view(recipe, data_cfg) for name, recipe in recipes.items()})

@@ -1,4 +1,4 @@
-"""Pure loss functions of METHODS.md: functions of tensors only, usable on their own."""
+"""Pure loss functions of docs/methods.md: functions of tensors only, usable on their own."""
 
 from pipeline.losses.contrastive import info_nce, supcon
 

@@ -1,15 +1,17 @@
-"""Registry of pretraining methods by name; importing this package registers the built-ins."""
+"""Registry of pretraining methods by name; the built-ins and plugins register themselves when first looked up."""
 
 from __future__ import annotations
 
-from pipeline.config import MethodConfig
-from pipeline.methods.base import Method, MethodContext, StepInfo
+from pipeline.method_configs import load_plugins, method_config_class
+from pipeline.methods.base import Method
+from pipeline.methods.context import ActorSpec, Batch, EpochContext, MethodContext, StepInfo
 
 _REGISTRY: dict[str, type[Method]] = {}
 
 
 def register_method(method_class: type[Method]) -> type[Method]:
-    """Return ``method_class`` after registering it under its ``name`` (class decorator)."""
+    """Return ``method_class`` after registering it under its ``name`` (class decorator); its params must exist."""
+    method_config_class(method_class.name)
     if method_class.name in _REGISTRY and _REGISTRY[method_class.name] is not method_class:
         raise ValueError(f"method name '{method_class.name}' is registered twice")
     _REGISTRY[method_class.name] = method_class
@@ -30,22 +32,21 @@ def get_method(name: str) -> type[Method]:
     return _REGISTRY[name]
 
 
-def method_config_class(name: str) -> type[MethodConfig]:
-    """Return the config class holding the parameters of method ``name``."""
-    return get_method(name).Config
-
-
 def _load_builtins() -> None:
-    """Import the built-in method modules so that they register themselves."""
+    """Import the built-in method modules and the ``PIPELINE_PLUGINS`` modules so that they register themselves."""
     from pipeline.methods import moco, supcon  # noqa: F401
+
+    load_plugins()
 
 
 __all__ = [
+    "ActorSpec",
+    "Batch",
+    "EpochContext",
     "Method",
     "MethodContext",
     "StepInfo",
     "get_method",
-    "method_config_class",
     "method_names",
     "register_method",
 ]

@@ -3,87 +3,80 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, TypeVar, cast
 
 import torch
 from torch import nn
 
-from pipeline.config import ExperimentConfig, MethodConfig
+from pipeline.config import ExperimentConfig
+from pipeline.data.recipes import ViewRecipe
+from pipeline.data.views import MultiView, build_views
+from pipeline.method_configs import MethodConfig
+from pipeline.methods.context import (
+    ActorSpec,
+    Batch,
+    EpochContext,
+    MethodContext,
+    StepInfo,
+    resolve_batch_norm,
+)
+
+ParamsT = TypeVar("ParamsT", bound=MethodConfig)
 
 
-@dataclass(frozen=True)
-class MethodContext:
-    """What a method may know about the run when it builds its networks."""
-
-    config: ExperimentConfig
-    rank: int
-    world_size: int
-    num_classes: int
-    steps_per_epoch: int
-
-    @property
-    def total_steps(self) -> int:
-        """Return the number of optimiser steps of the whole run."""
-        return self.steps_per_epoch * self.config.train.epochs
-
-    @property
-    def local_batch_size(self) -> int:
-        """Return the batch size of one worker."""
-        return self.config.train.batch_size // self.world_size
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """Where the loop stands when it calls the method."""
-
-    epoch: int
-    global_step: int
-    total_steps: int
-
-
-class Method(nn.Module, ABC):
+class Method(nn.Module, ABC, Generic[ParamsT]):
     """A pretraining method: its networks, the views it needs and its losses for a batch.
 
     ``forward`` runs inside DDP and returns a dict of scalar losses whose ``"loss"`` entry is
-    optimised; the other entries are logged. State that must survive a restart (queues,
-    momentum networks) lives in buffers or submodules so that ``state_dict`` holds it.
+    optimised; the other entries are logged as epoch means. State that must survive a restart
+    (queues, momentum networks) lives in buffers or submodules so that ``state_dict`` holds it.
     """
 
     name: ClassVar[str]
-    Config: ClassVar[type[MethodConfig]] = MethodConfig
     has_momentum_encoder: ClassVar[bool] = False
+    uses_labels: ClassVar[bool] = False
+    params: ParamsT
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__()
         self.context = context
-        self.params: Any = context.config.method
+        self.params = cast(ParamsT, context.config.method)
 
     @classmethod
     @abstractmethod
-    def train_transform(cls, config: ExperimentConfig) -> Callable[[Any], Any]:
-        """Return the transform mapping one training image to the views ``forward`` expects."""
+    def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
+        """Return the views ``forward`` receives in ``batch.views``, by name, as declarative recipes."""
+
+    @classmethod
+    def train_transform(cls, config: ExperimentConfig) -> MultiView:
+        """Return the per-image transform producing every declared view."""
+        return build_views(cls.views(config), config.data)
+
+    @classmethod
+    def batch_norm(cls, config: ExperimentConfig, world_size: int) -> str:
+        """Return this method's concrete batch-norm mode on ``world_size`` workers (the one place it is decided)."""
+        return resolve_batch_norm(config.model.batch_norm, world_size, cls.has_momentum_encoder)
 
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
-        """Raise ValueError naming the key if ``config`` cannot run with this method."""
+        """Raise ValueError naming the key if ``config`` cannot run with this method on ``world_size`` workers."""
+        cls.batch_norm(config, world_size)
 
     @classmethod
-    def shared_handles(cls, config: ExperimentConfig, run_name: str) -> dict[str, Any]:
-        """Return run-wide objects (e.g. Ray actor handles) created once by the driver."""
+    def resources(cls, config: ExperimentConfig) -> dict[str, ActorSpec]:
+        """Return the run-scoped actors this method needs, by name (none by default)."""
         return {}
 
     @abstractmethod
-    def forward(self, views: Any, labels: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
         """Return the losses of one batch; ``"loss"`` is the one optimised."""
 
     @abstractmethod
-    def eval_backbone(self) -> nn.Module:
-        """Return the network whose pooled features the kNN monitor and linear probe use."""
+    def evaluation_networks(self) -> dict[str, nn.Module]:
+        """Return the networks whose pooled features are evaluated, by name; ``"backbone"`` comes first."""
 
-    def on_epoch_start(self, epoch: int, handles: dict[str, Any]) -> None:
-        """Receive the epoch number and the run's shared handles before the epoch's first step."""
+    def on_epoch_start(self, context: EpochContext) -> None:
+        """Prepare for an epoch (e.g. rebuild prototypes) before its first step."""
 
     def on_step_end(self) -> None:
         """Update state that must change only after the optimiser step (e.g. enqueue keys)."""

@@ -1,4 +1,4 @@
-"""Building blocks shared by methods: encoders, momentum copies and batch-norm resolution."""
+"""Building blocks shared by methods: encoders and momentum copies."""
 
 from __future__ import annotations
 
@@ -24,17 +24,6 @@ class Encoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return the head's embedding of ``images`` ``# [B, proj_dim]``."""
         return self.head(self.backbone(images))
-
-
-def resolve_batch_norm(mode: str, world_size: int, has_momentum_encoder: bool) -> str:
-    """Return the concrete batch-norm mode (plain, split, sync, shuffle) for ``auto`` and checks the others."""
-    if mode == "auto":
-        if not has_momentum_encoder:
-            return "plain"
-        return "shuffle" if world_size > 1 else "split"
-    if mode == "shuffle" and not has_momentum_encoder:
-        raise ValueError("model.batch_norm = 'shuffle' needs a method with a momentum encoder")
-    return mode
 
 
 def build_encoder(model_config: ModelConfig, batch_norm: str) -> Encoder:

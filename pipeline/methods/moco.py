@@ -2,69 +2,52 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from pipeline.config import ExperimentConfig, MethodConfig
-from pipeline.data.views import MultiView, build_view
+from pipeline.config import ExperimentConfig
+from pipeline.data.recipes import ViewRecipe
 from pipeline.losses import info_nce
+from pipeline.method_configs import MocoConfig
 from pipeline.methods import register_method
-from pipeline.methods.base import Method, MethodContext, StepInfo
-from pipeline.methods.common import build_encoder, cosine_momentum, momentum_copy, momentum_update, resolve_batch_norm
+from pipeline.methods.base import Method
+from pipeline.methods.common import build_encoder, cosine_momentum, momentum_copy, momentum_update
+from pipeline.methods.context import Batch, MethodContext, StepInfo
+from pipeline.methods.recipes import MOCO_V2
 from pipeline.models.distributed import concat_all_gather, shuffle_batch, unshuffle_batch
 from pipeline.models.queue import LabelledQueue, check_divisible
 
 
-class MocoConfig(MethodConfig):
-    """MoCo v2 parameters (official defaults for ImageNet)."""
-
-    name: Literal["moco"] = "moco"
-    temperature: float = Field(0.2, gt=0)
-    queue_size: int = Field(65536, ge=1)
-    momentum: float = Field(0.999, ge=0, le=1)
-    momentum_schedule: Literal["constant", "cosine"] = "constant"
-
-
 @register_method
-class MoCo(Method):
+class MoCo(Method[MocoConfig]):
     """MoCo v2 with enqueue-after-loss, all-gathered keys and shuffle-BN or split-BN."""
 
     name = "moco"
-    Config = MocoConfig
     has_momentum_encoder = True
-    query_view = "strong"
-    key_view = "strong"
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
         config = context.config
-        self.batch_norm = resolve_batch_norm(config.model.batch_norm, context.world_size, True)
-        self.online = build_encoder(config.model, self.batch_norm)
+        self.online = build_encoder(config.model, context.batch_norm)
         self.momentum_encoder = momentum_copy(self.online)
         self.queue = LabelledQueue(self.params.queue_size, config.model.proj_dim, num_classes=context.num_classes)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def train_transform(cls, config: ExperimentConfig) -> Callable[[Any], Any]:
-        """Return the two views: ``query`` and ``key``."""
-        return MultiView(
-            {"query": build_view(cls.query_view, config.data), "key": build_view(cls.key_view, config.data)}
-        )
+    def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
+        """Return MoCo v2's two views: ``query`` and ``key``, both the strong recipe."""
+        return {"query": MOCO_V2, "key": MOCO_V2}
 
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
         """Reject a queue whose length is not a multiple of the global batch."""
+        super().validate(config, world_size)
         check_divisible(config.method.queue_size, config.train.batch_size)
-        resolve_batch_norm(config.model.batch_norm, world_size, cls.has_momentum_encoder)
 
-    def eval_backbone(self) -> nn.Module:
+    def evaluation_networks(self) -> dict[str, nn.Module]:
         """Return the online backbone."""
-        return self.online.backbone
+        return {"backbone": self.online.backbone}
 
     def momentum_at(self, step: StepInfo) -> float:
         """Return the key encoder's momentum for this step."""
@@ -78,7 +61,7 @@ class MoCo(Method):
         momentum_update(self.online, self.momentum_encoder, self.momentum_at(step))
         # Shuffled keys land in other BN groups than their queries (across workers, or across the splits of
         # split-BN on one worker); otherwise batch statistics leak which key matches which query.
-        if self.batch_norm in ("shuffle", "split"):
+        if self.context.batch_norm in ("shuffle", "split"):
             shuffled, unshuffle_index = shuffle_batch(images)
             return unshuffle_batch(F.normalize(self.momentum_encoder(shuffled), dim=1), unshuffle_index)
         return F.normalize(self.momentum_encoder(images), dim=1)
@@ -87,12 +70,12 @@ class MoCo(Method):
         """Remember this step's keys (gathered from all workers) for ``on_step_end``."""
         self._pending = (concat_all_gather(keys.detach().float()), concat_all_gather(labels))
 
-    def forward(self, views: Any, labels: torch.Tensor, step: StepInfo) -> dict[str, torch.Tensor]:
+    def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
         """Return the InfoNCE loss of the query view against its key and the queue."""
-        query = F.normalize(self.online(views["query"]), dim=1)
-        key = self.encode_keys(views["key"], step)
+        query = F.normalize(self.online(batch.views["query"]), dim=1)
+        key = self.encode_keys(batch.views["key"], step)
         loss = info_nce(query, key.to(query.dtype), self.queue.embeddings.to(query.dtype), self.params.temperature)
-        self.stage_enqueue(key, labels)
+        self.stage_enqueue(key, batch.labels)
         return {"loss": loss, "info_nce": loss.detach()}
 
     def on_step_end(self) -> None:

@@ -97,3 +97,16 @@ def unshuffle_batch(batch: torch.Tensor, unshuffle_index: torch.Tensor) -> torch
     gathered = concat_all_gather(batch)  # [W*N, ...]
     local = unshuffle_index.view(world, -1)[rank]  # [N]
     return gathered[local]
+
+
+def broadcast_object(value: Any, device: torch.device | None = None) -> Any:
+    """Return rank 0's ``value`` on every worker (pickled through the process group; identity with one worker).
+
+    ``device`` is where the pickled bytes travel: the worker's GPU under NCCL, None (CPU) under gloo.
+    """
+    _, world = world_info()
+    if world == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0, device=device)
+    return holder[0]

@@ -1,4 +1,4 @@
-"""Tests of the view transforms: shapes, normalisation, blur rule, patch boxes and crops, collation."""
+"""Tests of the view recipes and their torchvision executor: shapes, normalisation, blur rule, patches, collation."""
 
 from __future__ import annotations
 
@@ -10,18 +10,41 @@ from torch.utils.data import default_collate
 from torchvision.transforms import v2
 
 from pipeline.config import DataConfig
+from pipeline.data.recipes import (
+    EVAL_VIEW,
+    ColorJitter,
+    GaussianBlur,
+    Grayscale,
+    HorizontalFlip,
+    Patches,
+    RandomResizedCrop,
+    ViewRecipe,
+)
 from pipeline.data.views import (
     IMAGENET_NORMALIZATION,
     MultiView,
-    PatchQueryView,
+    PatchView,
     blur_enabled,
     blur_kernel_size,
     build_view,
+    build_views,
     default_patch_size,
     normalization,
 )
 
-PLAIN_KINDS = ("strong", "weak", "dscl_key", "supcon", "eval")
+COLOUR = (ColorJitter(), Grayscale(), GaussianBlur())
+STRONG = ViewRecipe((RandomResizedCrop(), *COLOUR, HorizontalFlip()))
+WEAK = ViewRecipe((RandomResizedCrop(), HorizontalFlip()))
+NO_HUE = ViewRecipe((RandomResizedCrop(), HorizontalFlip(), ColorJitter(hue=0.0)))
+LIGHT = ViewRecipe((RandomResizedCrop(), HorizontalFlip(), ColorJitter(), Grayscale()))
+PLAIN_RECIPES = {"strong": STRONG, "weak": WEAK, "no_hue": NO_HUE, "light": LIGHT, "eval": EVAL_VIEW}
+
+
+def with_patches(count: int = 5, scale: tuple[float, float] = (0.05, 0.6), size: int | None = None) -> ViewRecipe:
+    """Return a strong view with patches cut before its colour steps and given the same colour steps."""
+    return ViewRecipe(
+        (RandomResizedCrop(), HorizontalFlip(), *COLOUR), patches=Patches(count, scale, size=size, steps=COLOUR)
+    )
 
 
 def random_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
@@ -61,15 +84,15 @@ def test_normalization_config_values_win() -> None:
 def test_blur_auto_rule(size: int, blur: bool | None, expected: bool) -> None:
     cfg = DataConfig(image_size=size, blur=blur)
     assert blur_enabled(cfg) is expected
-    assert (v2.GaussianBlur in transform_types(build_view("strong", cfg))) is expected
+    assert (v2.GaussianBlur in transform_types(build_view(STRONG, cfg))) is expected
 
 
 @pytest.mark.parametrize(("size", "blur"), [(32, True), (224, False)])
 def test_blur_config_overrides_rule(size: int, blur: bool) -> None:
     cfg = DataConfig(image_size=size, blur=blur)
     assert blur_enabled(cfg) is blur
-    assert (v2.GaussianBlur in transform_types(build_view("strong", cfg))) is blur
-    assert (v2.GaussianBlur in transform_types(build_view("query_patches", cfg).patch_colour)) is blur
+    assert (v2.GaussianBlur in transform_types(build_view(STRONG, cfg))) is blur
+    assert (v2.GaussianBlur in transform_types(build_view(with_patches(), cfg).patch_colour)) is blur
 
 
 @pytest.mark.parametrize(("size", "kernel"), [(32, 3), (64, 7), (96, 9), (224, 23)])
@@ -77,13 +100,13 @@ def test_blur_kernel_is_odd_tenth_of_size(size: int, kernel: int) -> None:
     assert blur_kernel_size(size) == kernel
 
 
-@pytest.mark.parametrize("kind", ["weak", "dscl_key", "supcon", "eval"])
-def test_only_strong_views_blur(kind: str) -> None:
-    assert v2.GaussianBlur not in transform_types(build_view(kind, DataConfig(image_size=224)))
+@pytest.mark.parametrize("kind", ["weak", "no_hue", "light", "eval"])
+def test_only_recipes_with_a_blur_step_blur(kind: str) -> None:
+    assert v2.GaussianBlur not in transform_types(build_view(PLAIN_RECIPES[kind], DataConfig(image_size=224)))
 
 
-def test_dscl_key_jitters_without_hue_or_grayscale() -> None:
-    view = build_view("dscl_key", DataConfig(image_size=64))
+def test_jitter_without_hue_and_without_grayscale() -> None:
+    view = build_view(NO_HUE, DataConfig(image_size=64))
     jitters = [t for t in view.transforms if isinstance(t, v2.RandomApply)]
     assert v2.RandomGrayscale not in transform_types(view)
     assert len(jitters) == 1 and jitters[0].p == 0.8
@@ -91,10 +114,10 @@ def test_dscl_key_jitters_without_hue_or_grayscale() -> None:
 
 
 @pytest.mark.parametrize("size", [32, 64, 224])
-@pytest.mark.parametrize("kind", PLAIN_KINDS)
+@pytest.mark.parametrize("kind", sorted(PLAIN_RECIPES))
 def test_plain_view_shape_and_dtype(kind: str, size: int) -> None:
     torch.manual_seed(0)
-    out = build_view(kind, DataConfig(image_size=size))(random_image(size + size // 4, size))
+    out = build_view(PLAIN_RECIPES[kind], DataConfig(image_size=size))(random_image(size + size // 4, size))
     assert type(out) is torch.Tensor
     assert out.shape == (3, size, size)
     assert out.dtype == torch.float32
@@ -103,7 +126,7 @@ def test_plain_view_shape_and_dtype(kind: str, size: int) -> None:
 @pytest.mark.parametrize("size", [32, 64, 224])
 def test_query_patches_shapes_and_dtypes(size: int) -> None:
     torch.manual_seed(0)
-    out = build_view("query_patches", DataConfig(image_size=size))(random_image(size, size + size // 4))
+    out = build_view(with_patches(), DataConfig(image_size=size))(random_image(size, size + size // 4))
     patch = default_patch_size(size)
     assert set(out) == {"image", "patches", "boxes"}
     assert out["image"].shape == (3, size, size)
@@ -127,26 +150,26 @@ def normalised(pixels: np.ndarray, cfg: DataConfig) -> torch.Tensor:
 def test_eval_view_is_identity_at_32_px() -> None:
     cfg = DataConfig(source="cifar10", image_size=32)
     image = random_image(32, 32)
-    torch.testing.assert_close(build_view("eval", cfg)(image), normalised(np.asarray(image), cfg))
+    torch.testing.assert_close(build_view(EVAL_VIEW, cfg)(image), normalised(np.asarray(image), cfg))
 
 
 def test_eval_view_centre_crops_224_of_256() -> None:
     cfg = DataConfig(source="image_folder", image_size=224)
     image = random_image(256, 256)
     expected = normalised(np.asarray(image)[16:240, 16:240], cfg)
-    torch.testing.assert_close(build_view("eval", cfg)(image), expected)
+    torch.testing.assert_close(build_view(EVAL_VIEW, cfg)(image), expected)
 
 
 def test_eval_view_resizes_shorter_side_to_256_over_224() -> None:
-    out = build_view("eval", DataConfig(image_size=112))(random_image(256, 128))
+    out = build_view(EVAL_VIEW, DataConfig(image_size=112))(random_image(256, 128))
     assert out.shape == (3, 112, 112)
-    assert build_view("eval", DataConfig(image_size=112)).transforms[0].size == [128]
+    assert build_view(EVAL_VIEW, DataConfig(image_size=112)).transforms[0].size == [128]
 
 
 def test_patch_boxes_inside_frame_with_requested_area() -> None:
     torch.manual_seed(0)
     size, low, high = 224, 0.05, 0.6
-    view = PatchQueryView(DataConfig(image_size=size), num_patches=4000, patch_scale=(low, high))
+    view = PatchView(with_patches(4000, (low, high)), DataConfig(image_size=size))
     boxes = view.sample_boxes()
     left, top, right, bottom = boxes.unbind(dim=1)
     assert torch.equal(boxes, boxes.round())
@@ -167,13 +190,13 @@ def test_patch_boxes_inside_frame_with_requested_area() -> None:
 def test_patch_boxes_that_do_not_fit_are_clipped_to_frame() -> None:
     torch.manual_seed(0)
     size = 32
-    boxes = PatchQueryView(DataConfig(image_size=size), num_patches=500, patch_scale=(0.95, 1.0)).sample_boxes()
+    boxes = PatchView(with_patches(500, (0.95, 1.0)), DataConfig(image_size=size)).sample_boxes()
     assert (boxes >= 0).all() and (boxes <= size).all()
     assert (boxes[:, 2] - boxes[:, 0] == size).any() or (boxes[:, 3] - boxes[:, 1] == size).any()
 
 
 def test_patch_crop_is_the_box_region_of_the_geometry_image() -> None:
-    view = PatchQueryView(DataConfig(image_size=64), patch_size=12)
+    view = PatchView(with_patches(size=12), DataConfig(image_size=64))
     image = random_image(64, 64, seed=1)
     pixels = np.asarray(image)
     boxes = torch.tensor([[5.0, 30.0, 17.0, 42.0], [40.0, 2.0, 52.0, 14.0]])  # 12 x 12: no resampling
@@ -183,7 +206,7 @@ def test_patch_crop_is_the_box_region_of_the_geometry_image() -> None:
 
 
 def test_resized_patch_crop_matches_pil_crop_and_resize() -> None:
-    view = PatchQueryView(DataConfig(image_size=64), patch_size=12)
+    view = PatchView(with_patches(size=12), DataConfig(image_size=64))
     image = random_image(64, 64, seed=2)
     patch = view.crop_patches(image, torch.tensor([[3.0, 20.0, 43.0, 50.0]]))[0]
     expected = image.crop((3, 20, 43, 50)).resize((12, 12), PIL.Image.Resampling.BILINEAR)
@@ -193,7 +216,7 @@ def test_resized_patch_crop_matches_pil_crop_and_resize() -> None:
 def test_patches_come_from_one_image_before_colour_augmentation() -> None:
     torch.manual_seed(0)
     image = PIL.Image.new("RGB", (48, 40), (200, 40, 90))
-    out = build_view("query_patches", DataConfig(image_size=64, blur=True))(image)
+    out = build_view(with_patches(), DataConfig(image_size=64, blur=True))(image)
     # Colour augmentation keeps a constant image constant, so every patch and the query stay flat.
     flat = out["patches"].flatten(2)  # [L, 3, P*P]
     torch.testing.assert_close(flat, flat[:, :, :1].expand_as(flat))
@@ -204,38 +227,41 @@ def test_patches_come_from_one_image_before_colour_augmentation() -> None:
 def test_patches_get_independent_colour_augmentation() -> None:
     torch.manual_seed(0)
     image = PIL.Image.new("RGB", (64, 64), (200, 40, 90))
-    out = build_view("query_patches", DataConfig(image_size=64), num_patches=8)(image)
+    out = build_view(with_patches(8), DataConfig(image_size=64))(image)
     colours = out["patches"][:, :, 0, 0]  # [L, 3]
     assert len({tuple(colour.tolist()) for colour in colours}) > 1
 
 
 @pytest.mark.parametrize(
-    ("kind", "options", "message"),
+    ("make", "message"),
     [
-        ("blurry", {}, "unknown view kind 'blurry'"),
-        ("strong", {"num_patches": 3}, "takes no options"),
-        ("query_patches", {"patch_count": 3}, "patch_count"),
-        ("query_patches", {"num_patches": 0}, "num_patches"),
-        ("query_patches", {"patch_scale": (0.6, 0.05)}, "patch_scale"),
-        ("query_patches", {"patch_scale": (0.0, 0.5)}, "patch_scale"),
-        ("query_patches", {"patch_size": 0}, "patch_size"),
+        (lambda: Patches(count=0), "patch count"),
+        (lambda: Patches(scale=(0.6, 0.05)), "patch scale"),
+        (lambda: Patches(scale=(0.0, 0.5)), "patch scale"),
+        (lambda: Patches(size=0), "patch size"),
+        (lambda: Patches(steps=(HorizontalFlip(),)), "colour steps only"),
+        (lambda: ViewRecipe(()), "at least one step"),
+        (lambda: ViewRecipe((ColorJitter(), RandomResizedCrop()), patches=Patches()), "geometry steps"),
+        (lambda: RandomResizedCrop(scale=(0.5, 0.2)), "crop scale"),
+        (lambda: HorizontalFlip(p=1.5), "flip p"),
+        (lambda: ColorJitter(hue=0.7), "hue"),
+        (lambda: GaussianBlur(p=-0.1), "blur p"),
     ],
 )
-def test_bad_view_requests_are_rejected(kind: str, options: dict, message: str) -> None:
+def test_bad_recipes_are_rejected(make: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        build_view(kind, DataConfig(), **options)
+        make()
+
+
+def test_build_view_wants_a_recipe() -> None:
+    with pytest.raises(TypeError, match="ViewRecipe"):
+        build_view("strong", DataConfig())
 
 
 def test_multi_view_collates_to_dict_of_batches() -> None:
     torch.manual_seed(0)
     cfg = DataConfig(image_size=32)
-    views = MultiView(
-        {
-            "query": build_view("strong", cfg),
-            "key": build_view("weak", cfg),
-            "patches": build_view("query_patches", cfg),
-        }
-    )
+    views = build_views({"query": STRONG, "key": WEAK, "patches": with_patches()}, cfg)
     batch = default_collate([views(random_image(40, 36, seed=seed)) for seed in range(4)])
     assert batch["query"].shape == (4, 3, 32, 32)
     assert batch["key"].shape == (4, 3, 32, 32)

@@ -8,8 +8,10 @@ import torch.nn.functional as F
 
 from pipeline.config import load_config, with_overrides
 from pipeline.losses import info_nce, supcon
-from pipeline.methods import MethodContext, StepInfo, get_method, method_names
-from pipeline.methods.common import cosine_momentum, momentum_update, resolve_batch_norm
+from pipeline.method_configs import params_names
+from pipeline.methods import Batch, MethodContext, StepInfo, get_method, method_names
+from pipeline.methods.common import cosine_momentum, momentum_update
+from pipeline.methods.context import resolve_batch_norm
 
 
 def make(method: str, **overrides: object):
@@ -18,15 +20,23 @@ def make(method: str, **overrides: object):
     values.update(overrides)
     config = with_overrides(load_config(None, [f"method.name={method}"]), values)
     torch.manual_seed(0)
-    return get_method(method)(MethodContext(config, rank=0, world_size=1, num_classes=5, steps_per_epoch=10))
+    method_class = get_method(method)
+    batch_norm = method_class.batch_norm(config, world_size=1)
+    return method_class(MethodContext(config, 0, 1, num_classes=5, steps_per_epoch=10, batch_norm=batch_norm))
 
 
 def images(batch: int = 8) -> torch.Tensor:
     return torch.randn(batch, 3, 16, 16)
 
 
+def batch_of(views: dict[str, torch.Tensor], labels: torch.Tensor) -> Batch:
+    """Return a Batch of ``views`` whose dataset indices are 0..B-1."""
+    return Batch(views, labels, torch.arange(labels.shape[0]))
+
+
 def test_registry_lists_the_baselines() -> None:
     assert {"moco", "supcon", "simclr"} <= set(method_names())
+    assert set(method_names()) == set(params_names())
     with pytest.raises(ValueError, match="unknown method 'byol2'"):
         get_method("byol2")
 
@@ -39,7 +49,7 @@ def test_moco_loss_uses_the_queue_before_this_steps_keys() -> None:
     online_before = [p.detach().clone() for p in method.online.parameters()]
     target_before = [p.detach().clone() for p in method.momentum_encoder.parameters()]
 
-    losses = method(views, labels, StepInfo(epoch=0, global_step=0, total_steps=10))
+    losses = method(batch_of(views, labels), StepInfo(epoch=0, global_step=0, total_steps=10))
 
     for online, target, param in zip(online_before, target_before, method.momentum_encoder.parameters(), strict=True):
         torch.testing.assert_close(param, 0.5 * target + 0.5 * online)
@@ -60,7 +70,7 @@ def test_moco_loss_equals_info_nce_of_its_embeddings() -> None:
     method.eval()
     views = {"query": images(), "key": images()}
     with torch.no_grad():
-        losses = method(views, torch.zeros(8, dtype=torch.long), StepInfo(0, 0, 10))
+        losses = method(batch_of(views, torch.zeros(8, dtype=torch.long)), StepInfo(0, 0, 10))
         query = F.normalize(method.online(views["query"]), dim=1)
         key = F.normalize(method.momentum_encoder(views["key"]), dim=1)
         expected = info_nce(query, key, method.queue.embeddings, 0.2)
@@ -84,8 +94,11 @@ def test_batch_norm_resolution() -> None:
     assert resolve_batch_norm("auto", 1, True) == "split"
     assert resolve_batch_norm("auto", 4, True) == "shuffle"
     assert resolve_batch_norm("auto", 4, False) == "plain"
+    assert resolve_batch_norm("sync", 4, True) == "sync"
     with pytest.raises(ValueError, match="model.batch_norm = 'shuffle'"):
         resolve_batch_norm("shuffle", 2, False)
+    assert make("moco").context.batch_norm == "split"
+    assert make("supcon").context.batch_norm == "plain"
 
 
 @pytest.mark.parametrize("name,uses_labels", [("supcon", True), ("simclr", False)])
@@ -95,7 +108,7 @@ def test_supcon_and_simclr_feed_view_stacked_features(name: str, uses_labels: bo
     views = {"view1": images(), "view2": images()}
     labels = torch.tensor([0, 1, 0, 1, 2, 2, 3, 4])
     with torch.no_grad():
-        losses = method(views, labels, StepInfo(0, 0, 10))
+        losses = method(batch_of(views, labels), StepInfo(0, 0, 10))
         first = F.normalize(method.encoder(views["view1"]), dim=1)
         second = F.normalize(method.encoder(views["view2"]), dim=1)
     params = method.params

@@ -1,0 +1,295 @@
+"""The driver: resolved config -> checks -> run-scoped actors -> Ray Train run -> result with metrics and MLflow run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from pipeline import tracking
+from pipeline.checkpoints import (
+    checkpoint_epoch,
+    checkpoint_metrics,
+    latest_checkpoint,
+    read_run_id,
+    resolve_run,
+    write_run_id,
+)
+from pipeline.config import ConfigError, ExperimentConfig, RayConfig, flatten, to_yaml
+from pipeline.data.build import Source, build_source
+from pipeline.data.errors import DataError
+from pipeline.data.recipes import EVAL_VIEW
+from pipeline.data.views import build_view
+from pipeline.evaluation.knn import pixel_knn_top1
+from pipeline.method_configs import PLUGINS_ENV
+from pipeline.methods import Method, get_method
+from pipeline.progress import ProgressRelay
+from pipeline.resources import RunResources, required_resources
+from pipeline.train import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
+def worker_env() -> dict[str, str]:
+    """Return the environment every Ray process of a run gets: Ray Train's print patch off, the method plugins."""
+    env = dict(QUIET_ENV)
+    if os.environ.get(PLUGINS_ENV):
+        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
+    return env
+
+
+class ResourceError(RuntimeError):
+    """The requested workers cannot be placed on the cluster."""
+
+
+@dataclass
+class PretrainResult:
+    """What a finished pretraining run produced."""
+
+    run_name: str
+    metrics: dict[str, float]
+    checkpoint_path: str | None
+    mlflow_run_id: str
+    tracking_uri: str
+    pixel_knn_top1: float | None
+    wall_time_s: float
+
+    def summary(self) -> dict[str, Any]:
+        """Return the result as a JSON-ready mapping."""
+        return asdict(self)
+
+
+def storage_root(config: RayConfig) -> str:
+    """Return ``ray.storage_path`` as an absolute path (URIs such as s3:// are kept as they are)."""
+    if "://" in config.storage_path:
+        return config.storage_path
+    return str(Path(config.storage_path).expanduser().resolve())
+
+
+def cluster_address(config: RayConfig) -> str | None:
+    """Return the cluster to join: ``ray.address``, else ``RAY_ADDRESS`` (set under ``ray job submit``), else None."""
+    return config.address or os.environ.get("RAY_ADDRESS")
+
+
+def ensure_ray(config: RayConfig, verbose: bool = False) -> None:
+    """Connect to Ray: the running session, the configured or ambient cluster, else a new local one.
+
+    Unless ``verbose``, remote processes' output stays in Ray's log files (the run's own progress
+    reaches the terminal through the progress relay) and Ray's driver-side messages below warnings are dropped.
+    """
+    if ray.is_initialized():
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    options: dict[str, Any] = {
+        "runtime_env": {"env_vars": worker_env()},
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
+    address = cluster_address(config)
+    if address:
+        ray.init(address=address, **options)
+        return
+    ray.init(num_cpus=config.num_cpus, object_store_memory=config.object_store_memory, **options)
+
+
+def check_resources(config: RayConfig, local: bool, extra: dict[str, float] | None = None) -> None:
+    """Raise ResourceError when workers plus run-scoped actors ask for more than the cluster has.
+
+    A local cluster never grows, so a shortfall there is an error; on a real cluster the autoscaler may add nodes.
+    """
+    workers = max(config.num_workers, 1)
+    extra = extra or {}
+    wanted = {
+        "CPU": workers * config.cpus_per_worker + extra.get("CPU", 0.0),
+        "GPU": workers * config.gpus_per_worker + extra.get("GPU", 0.0),
+    }
+    available = ray.cluster_resources()
+    short = {k: (v, available.get(k, 0.0)) for k, v in wanted.items() if v > available.get(k, 0.0)}
+    if not short:
+        return
+    detail = ", ".join(f"{need:g} {kind} wanted, {have:g} in the cluster" for kind, (need, have) in short.items())
+    actors = f" plus the method's actors ({extra.get('CPU', 0):g} CPU, {extra.get('GPU', 0):g} GPU)" if extra else ""
+    message = (
+        f"ray.num_workers={config.num_workers} x (cpus_per_worker={config.cpus_per_worker:g}, "
+        f"gpus_per_worker={config.gpus_per_worker:g}){actors} cannot be placed: {detail}"
+    )
+    if local:
+        raise ResourceError(message)
+    log.warning("%s; waiting for the cluster to grow (autoscaler)", message)
+
+
+def validate(config: ExperimentConfig) -> type[Method]:
+    """Return the method class after every check that needs no data and no Ray; raise ConfigError naming the key."""
+    method_class = get_method(config.method.name)
+    world_size = max(config.ray.num_workers, 1)
+    if config.train.batch_size % world_size:
+        raise ConfigError(
+            f"train.batch_size = {config.train.batch_size} is not divisible by ray.num_workers = {world_size}"
+        )
+    try:
+        method_class.validate(config, world_size)
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
+    return method_class
+
+
+def open_data(config: ExperimentConfig) -> dict[str, Source]:
+    """Return both splits, opened in the driver so that a bad path, file or size fails here, before any run starts."""
+    sources = {split: build_source(config.data, split) for split in ("train", "test")}
+    for split, source in sources.items():
+        print(f"data {split}: {source.describe()}")
+    world_size = max(config.ray.num_workers, 1)
+    per_worker = -(-len(sources["train"]) // world_size)
+    local_batch = config.train.batch_size // world_size
+    if per_worker < local_batch:
+        raise DataError(
+            f"train.batch_size = {config.train.batch_size} needs {local_batch} images per worker, but the training "
+            f"set has {len(sources['train'])} images for {world_size} worker(s): lower train.batch_size"
+        )
+    return sources
+
+
+def pixel_baseline(config: ExperimentConfig, sources: dict[str, Source]) -> float:
+    """Return the raw-pixel weighted-kNN top-1 (percent) of the opened splits under the eval transform."""
+    view = build_view(EVAL_VIEW, config.data)
+    loaded = []
+    for split in ("train", "test"):
+        source = sources[split]
+        source.transform = view
+        loader = torch.utils.data.DataLoader(source, batch_size=512, num_workers=config.data.num_workers)
+        images, labels = zip(*[(batch[0], batch[1]) for batch in loader], strict=True)
+        loaded.append((torch.cat(images), torch.cat(labels), source.num_classes))
+    (train_images, train_labels, num_classes), (test_images, test_labels, _) = loaded
+    return pixel_knn_top1(
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        num_classes,
+        config.eval.knn_k,
+        config.eval.knn_temperature,
+    )
+
+
+def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
+    """Run (or resume) one pretraining run end to end and return its result."""
+    started = time.time()
+    method_class = validate(config)
+    sources = open_data(config)
+    storage = storage_root(config.ray)
+    run_name, resume_from = resolve_run(config, Path(storage))
+    run_dir = Path(storage) / run_name
+    epochs_done = checkpoint_epoch(resume_from) if resume_from is not None else 0
+    needs_training = epochs_done < config.train.epochs
+    actor_specs = method_class.resources(config)
+    if needs_training:
+        # Resources are checked before the MLflow run is touched: a request that cannot run records nothing.
+        ensure_ray(config.ray, verbose)
+        local = cluster_address(config.ray) is None
+        check_resources(config.ray, local, required_resources(actor_specs) if actor_specs else None)
+    if resume_from is None:
+        print(f"starting run '{run_name}' in {run_dir}")
+    elif needs_training:
+        print(f"resuming run '{run_name}' from {resume_from} ({epochs_done}/{config.train.epochs} epochs done)")
+    else:
+        print(f"run '{run_name}' already finished ({epochs_done}/{config.train.epochs} epochs): reporting its result")
+
+    run = tracking.open_run(config.tracking, run_name, flatten(config), existing_run_id=read_run_id(run_dir))
+    write_run_id(run_dir, run.run_id)
+    tracking.log_text(run, to_yaml(config), "config.yaml")
+    tracking.set_tags(run, {"run_name": run_name, "run_dir": str(run_dir), "method": config.method.name})
+    print(f"MLflow run {run.run_id} in {run.tracking_uri}")
+
+    try:
+        baseline = tracking.latest_metric(run, "baseline/pixel_knn_top1")
+        if config.eval.pixel_baseline and baseline is None:
+            baseline = pixel_baseline(config, sources)
+            tracking.log_metrics(run, {"baseline/pixel_knn_top1": baseline}, step=0)
+        if baseline is not None:
+            print(f"raw-pixel kNN baseline: {baseline:.2f}%")
+        if needs_training:
+            _fit(config, run_name, storage, run_dir, run, actor_specs, resume_from)
+        checkpoint_dir = latest_checkpoint(run_dir)
+        metrics = {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
+    except BaseException:
+        tracking.finish_run(run, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
+        raise
+
+    final = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("knn/", "train/loss"))}
+    if tracking.latest_metric(run, "final/train/loss") is None:
+        tracking.log_metrics(run, final, step=config.train.epochs)
+    result = PretrainResult(
+        run_name=run_name,
+        metrics=metrics,
+        checkpoint_path=str(checkpoint_dir) if checkpoint_dir else None,
+        mlflow_run_id=run.run_id,
+        tracking_uri=run.tracking_uri,
+        pixel_knn_top1=baseline,
+        wall_time_s=time.time() - started,
+    )
+    tracking.set_tags(run, {"checkpoint": result.checkpoint_path or ""})
+    tracking.log_text(run, json.dumps(result.summary(), indent=2), "summary.json")
+    tracking.finish_run(run, "FINISHED")
+    return result
+
+
+def _fit(
+    config: ExperimentConfig,
+    run_name: str,
+    storage: str,
+    run_dir: Path,
+    run: tracking.RunHandle,
+    actor_specs: dict[str, Any],
+    resume_from: Path | None,
+) -> None:
+    """Create the run's actors and progress relay, launch the TorchTrainer, tear both down; raise if training failed."""
+    use_gpu = config.ray.gpus_per_worker > 0
+    resources = {"CPU": config.ray.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = config.ray.gpus_per_worker
+    relay = ProgressRelay()
+    try:
+        with RunResources(actor_specs, run_name) as handles:
+            trainer = TorchTrainer(
+                train_loop_per_worker,
+                train_loop_config={
+                    "config": config.model_dump(mode="json"),
+                    "run_dir": str(run_dir),
+                    "mlflow": asdict(run),
+                    "resources": handles,
+                    "progress": relay.queue,
+                    "resume_from": str(resume_from) if resume_from is not None else None,
+                },
+                torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+                scaling_config=ScalingConfig(
+                    num_workers=config.ray.num_workers,
+                    use_gpu=use_gpu,
+                    resources_per_worker=resources,
+                    placement_strategy=config.ray.placement_strategy,
+                ),
+                run_config=RunConfig(
+                    name=run_name,
+                    storage_path=storage,
+                    failure_config=FailureConfig(max_failures=config.ray.max_failures),
+                    checkpoint_config=CheckpointConfig(num_to_keep=2),
+                    worker_runtime_env={"env_vars": worker_env()},
+                ),
+            )
+            result = trainer.fit()
+    finally:
+        relay.close()
+    if result.error is not None:
+        raise result.error

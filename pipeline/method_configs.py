@@ -1,0 +1,98 @@
+"""Every method's parameters: torch-free pydantic classes selected by ``method.name``.
+
+This module imports nothing but pydantic (and the section base), so validating a config (a typo
+in a ``--set`` key, a grid of 200 points) never pays for torch or a method's networks. A built-in
+method adds its class here with ``@register_params``; ``pipeline.methods`` registers the method
+itself under the same name. Methods kept outside the package live in modules named by the
+``PIPELINE_PLUGINS`` environment variable (comma-separated), imported on first lookup in every
+process, workers included; such a module registers both its parameter class and its method.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline.section import Section
+
+
+class MethodConfig(Section):
+    """Base of every method's parameters; ``name`` selects the method (and this class)."""
+
+    name: str
+
+
+_PARAMS: dict[str, type[MethodConfig]] = {}
+PLUGINS_ENV = "PIPELINE_PLUGINS"
+
+
+def plugin_modules() -> list[str]:
+    """Return the module names listed in ``PIPELINE_PLUGINS`` (empty when unset)."""
+    return [name.strip() for name in os.environ.get(PLUGINS_ENV, "").split(",") if name.strip()]
+
+
+def load_plugins() -> None:
+    """Import every ``PIPELINE_PLUGINS`` module (each registers its methods); raise ValueError naming one that fails."""
+    for name in plugin_modules():
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ValueError(f"{PLUGINS_ENV} names module {name!r}, which cannot be imported: {exc}") from None
+
+
+def register_params(config_class: type[MethodConfig]) -> type[MethodConfig]:
+    """Return ``config_class`` after registering it under the default of its ``name`` field (class decorator)."""
+    name = config_class.model_fields["name"].default
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{config_class.__name__} needs a default method name, e.g. name: Literal['x'] = 'x'")
+    if name in _PARAMS and _PARAMS[name] is not config_class:
+        raise ValueError(f"method name '{name}' has two parameter classes")
+    _PARAMS[name] = config_class
+    return config_class
+
+
+def params_names() -> list[str]:
+    """Return the method names that have a parameter class, sorted."""
+    load_plugins()
+    return sorted(_PARAMS)
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """Return the parameter class of method ``name``; raise ValueError listing the known names."""
+    if name not in _PARAMS:
+        load_plugins()
+    if name not in _PARAMS:
+        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(sorted(_PARAMS))}")
+    return _PARAMS[name]
+
+
+@register_params
+class MocoConfig(MethodConfig):
+    """MoCo v2 parameters (official defaults for ImageNet)."""
+
+    name: Literal["moco"] = "moco"
+    temperature: float = Field(0.2, gt=0)
+    queue_size: int = Field(65536, ge=1)
+    momentum: float = Field(0.999, ge=0, le=1)
+    momentum_schedule: Literal["constant", "cosine"] = "constant"
+
+
+@register_params
+class SupConConfig(MethodConfig):
+    """SupCon parameters (official CIFAR recipe)."""
+
+    name: Literal["supcon"] = "supcon"
+    temperature: float = Field(0.1, gt=0)
+    base_temperature: float = Field(0.07, gt=0)
+
+
+@register_params
+class SimCLRConfig(MethodConfig):
+    """SimCLR parameters (the SupCon repository's SimCLR recipe)."""
+
+    name: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.5, gt=0)
+    base_temperature: float = Field(0.07, gt=0)

@@ -1,0 +1,35 @@
+"""The official view recipes of the methods (declarative; executed by ``pipeline.data.views``).
+
+Sources: MoCo v2 (Chen et al. 2020, official repo), SupCon (Khosla et al. 2020, official repo),
+ASCL's weak key view (crop and flip only), DSCL's key view (jitter without hue, no grayscale or
+blur) and PBSD's query with patches (Xuan et al. 2023). See docs/methods.md.
+"""
+
+from __future__ import annotations
+
+from pipeline.data.recipes import (
+    ColorJitter,
+    GaussianBlur,
+    Grayscale,
+    HorizontalFlip,
+    Patches,
+    RandomResizedCrop,
+    ViewRecipe,
+)
+
+CROP = RandomResizedCrop(scale=(0.2, 1.0))
+JITTER = ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
+STRONG_COLOUR = (JITTER, Grayscale(0.2), GaussianBlur((0.1, 2.0), p=0.5))
+
+MOCO_V2 = ViewRecipe((CROP, *STRONG_COLOUR, HorizontalFlip()))
+SUPCON = ViewRecipe((CROP, HorizontalFlip(), JITTER, Grayscale(0.2)))
+ASCL_WEAK = ViewRecipe((CROP, HorizontalFlip()))
+DSCL_KEY = ViewRecipe((CROP, HorizontalFlip(), ColorJitter(0.4, 0.4, 0.4, 0.0, p=0.8)))
+
+
+def pbsd_query(count: int = 5, scale: tuple[float, float] = (0.05, 0.6), size: int | None = None) -> ViewRecipe:
+    """Return DSCL+PBSD's query: MoCo v2's view, with ``count`` patches cut before colour and given the same colour."""
+    return ViewRecipe(
+        (CROP, HorizontalFlip(), *STRONG_COLOUR),
+        patches=Patches(count=count, scale=scale, size=size, steps=STRONG_COLOUR),
+    )
