@@ -1,4 +1,10 @@
-"""Run folders and checkpoints: naming runs, finding the latest checkpoint, resume decisions."""
+"""Run folders and checkpoints: naming runs, finding the latest complete checkpoint, resume decisions.
+
+A checkpoint folder holds ``checkpoint.pt`` (the full state), ``metrics.json`` (the epoch's
+metrics, readable without loading networks) and, written last, ``manifest.json`` with the size of
+each. Ray copies the folder into the run's storage file by file, so an interrupt can leave a torn
+copy; a folder counts as complete only when its manifest parses and every listed file has its size.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from pipeline.config import ConfigError, ExperimentConfig
 CHECKPOINT_FILE = "checkpoint.pt"
 # The epoch's metrics, also inside checkpoint.pt: reading a run's result must not load networks, optimiser and queue.
 METRICS_FILE = "metrics.json"
+MANIFEST_FILE = "manifest.json"
 RUN_ID_FILE = "mlflow_run_id"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 
@@ -39,16 +46,34 @@ def default_run_name(config: ExperimentConfig) -> str:
     return f"{config.method.name}-{config.data.source}-{config_fingerprint(config)}"
 
 
+def checkpoint_folders(run_dir: Path) -> list[Path]:
+    """Return the run's ``epoch_NNNN`` folders, newest first (complete or not)."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(match.group(1)), child) for child in run_dir.iterdir() if (match := _EPOCH_DIR.match(child.name))]
+    return [folder for _, folder in sorted(found, reverse=True)]
+
+
+def incomplete_reason(checkpoint_dir: Path) -> str | None:
+    """Return why a checkpoint folder is not complete (None when it is)."""
+    try:
+        manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        return f"no {MANIFEST_FILE}"
+    except (OSError, ValueError) as exc:
+        return f"unreadable {MANIFEST_FILE} ({exc})"
+    for name, size in manifest.get("files", {}).items():
+        path = checkpoint_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes of {size}"
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """Return the newest complete checkpoint folder of a run, or None."""
-    if not run_dir.is_dir():
-        return None
-    found = []
-    for child in run_dir.iterdir():
-        match = _EPOCH_DIR.match(child.name)
-        if match and (child / CHECKPOINT_FILE).is_file():
-            found.append((int(match.group(1)), child))
-    return max(found)[1] if found else None
+    return next((folder for folder in checkpoint_folders(run_dir) if incomplete_reason(folder) is None), None)
 
 
 def checkpoint_epoch(checkpoint_dir: Path) -> int:
@@ -68,16 +93,17 @@ def load_checkpoint(checkpoint_dir: Path, device: torch.device | str = "cpu") ->
 
 
 def write_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    """Return None after writing ``state`` (with its ``metrics``) to a checkpoint folder about to be reported."""
-    torch.save(state, Path(folder) / CHECKPOINT_FILE)
-    (Path(folder) / METRICS_FILE).write_text(json.dumps(state["metrics"], sort_keys=True))
+    """Return None after writing ``state``, its ``metrics`` and, last, the manifest to a checkpoint folder."""
+    folder = Path(folder)
+    torch.save(state, folder / CHECKPOINT_FILE)
+    (folder / METRICS_FILE).write_text(json.dumps(state["metrics"], sort_keys=True))
+    sizes = {name: (folder / name).stat().st_size for name in (CHECKPOINT_FILE, METRICS_FILE)}
+    (folder / MANIFEST_FILE).write_text(json.dumps({"epoch": state["epoch"], "files": sizes}, sort_keys=True))
 
 
 def checkpoint_metrics(checkpoint_dir: Path) -> dict[str, float]:
-    """Return the metrics of the epoch a checkpoint folder holds, from its small metrics file when present."""
-    path = Path(checkpoint_dir) / METRICS_FILE
-    # Checkpoints written before the metrics file existed only hold them inside checkpoint.pt.
-    metrics = json.loads(path.read_text()) if path.is_file() else load_checkpoint(checkpoint_dir)["metrics"]
+    """Return the metrics of the epoch a checkpoint folder holds, from its small metrics file."""
+    metrics = json.loads((Path(checkpoint_dir) / METRICS_FILE).read_text())
     return {key: float(value) for key, value in metrics.items()}
 
 

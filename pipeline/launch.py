@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,13 +14,15 @@ from typing import Any
 
 import ray
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline import tracking
 from pipeline.checkpoints import (
     checkpoint_epoch,
+    checkpoint_folders,
     checkpoint_metrics,
+    incomplete_reason,
     latest_checkpoint,
     read_run_id,
     resolve_run,
@@ -31,7 +34,6 @@ from pipeline.data.errors import DataError
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluation.knn import pixel_knn_top1
-from pipeline.method_configs import PLUGINS_ENV
 from pipeline.methods import Method, get_method
 from pipeline.progress import ProgressRelay
 from pipeline.resources import RunResources, required_resources
@@ -39,19 +41,35 @@ from pipeline.train import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
+PIXEL_BASELINE = "baseline/pixel_knn_top1"
+PROJECT_ENV_PREFIX = "PIPELINE_"
 QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
 def worker_env() -> dict[str, str]:
-    """Return the environment every Ray process of a run gets: Ray Train's print patch off, the method plugins."""
-    env = dict(QUIET_ENV)
-    if os.environ.get(PLUGINS_ENV):
-        env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
-    return env
+    """Return the environment every Ray process of a run gets: Ray Train's print patch off, the project's variables.
+
+    The project's variables (``PIPELINE_PLUGINS``, the test hooks) start with ``PIPELINE_``; forwarding them
+    explicitly makes them reach workers of a cluster that was started before they were set.
+    """
+    return {**QUIET_ENV, **{key: value for key, value in os.environ.items() if key.startswith(PROJECT_ENV_PREFIX)}}
+
+
+# Set by the command line's SIGINT/SIGTERM handler: whatever error the interrupt causes inside Ray, it was an interrupt.
+INTERRUPTED = threading.Event()
 
 
 class ResourceError(RuntimeError):
     """The requested workers cannot be placed on the cluster."""
+
+
+class RunInterrupted(Exception):
+    """The run was stopped by an interrupt; its MLflow run is KILLED and it resumes from its last checkpoint."""
+
+    def __init__(self, run_name: str, run_dir: Path, epochs_done: int, epochs: int, mlflow_run_id: str) -> None:
+        super().__init__(f"run '{run_name}' interrupted with {epochs_done}/{epochs} epochs saved in {run_dir}")
+        self.run_name, self.run_dir, self.mlflow_run_id = run_name, run_dir, mlflow_run_id
+        self.epochs_done, self.epochs = epochs_done, epochs
 
 
 @dataclass
@@ -98,11 +116,16 @@ def ensure_ray(config: RayConfig, verbose: bool = False) -> None:
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,
     }
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    # ray.init replaces the SIGTERM handler with one that exits at once; the command's own handler is kept.
+    sigterm_handler = signal.getsignal(signal.SIGTERM) if on_main_thread else None
     address = cluster_address(config)
     if address:
         ray.init(address=address, **options)
-        return
-    ray.init(num_cpus=config.num_cpus, object_store_memory=config.object_store_memory, **options)
+    else:
+        ray.init(num_cpus=config.num_cpus, object_store_memory=config.object_store_memory, **options)
+    if on_main_thread and callable(sigterm_handler):
+        signal.signal(signal.SIGTERM, sigterm_handler)
 
 
 def check_resources(config: RayConfig, local: bool, extra: dict[str, float] | None = None) -> None:
@@ -184,11 +207,40 @@ def pixel_baseline(config: ExperimentConfig, sources: dict[str, Source]) -> floa
     )
 
 
+def announce_torn_checkpoints(run_dir: Path, resume_from: Path | None) -> None:
+    """Print a line for every checkpoint folder newer than the one the run resumes from (torn by an interrupt)."""
+    for folder in checkpoint_folders(run_dir):
+        if folder == resume_from:
+            break
+        reason = incomplete_reason(folder)
+        target = resume_from.name if resume_from is not None else "the start"
+        print(f"checkpoint {folder.name} is incomplete ({reason}): resuming from {target} instead")
+
+
+def training_failure(error: BaseException) -> BaseException:
+    """Return the error to raise for a failed fit: a worker's DataError as one line, else ``error`` itself."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for failure in failures.values():
+        if isinstance(failure, DataError):
+            # The worker's message carries the DataLoader's traceback; its last line is the DataError's own.
+            lines = [line for line in str(failure).splitlines() if line.strip()]
+            message = lines[-1].split("DataError: ", 1)[-1] if lines else str(failure)
+            return DataError(f"{message}; the run resumes from its last checkpoint when run again")
+    return error
+
+
 def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
-    """Run (or resume) one pretraining run end to end and return its result."""
+    """Run (or resume) one pretraining run end to end and return its result.
+
+    Every check that can run before work does (config, data and batch size, tracking store,
+    resources): a failure there raises before an MLflow run is created or touched. An interrupt
+    (KeyboardInterrupt, or ``INTERRUPTED`` set by a signal handler) marks the run KILLED and raises
+    RunInterrupted; any other error marks it FAILED.
+    """
     started = time.time()
     method_class = validate(config)
     sources = open_data(config)
+    tracking_uri = tracking.reachable_store(config.tracking)
     storage = storage_root(config.ray)
     run_name, resume_from = resolve_run(config, Path(storage))
     run_dir = Path(storage) / run_name
@@ -200,6 +252,7 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         ensure_ray(config.ray, verbose)
         local = cluster_address(config.ray) is None
         check_resources(config.ray, local, required_resources(actor_specs) if actor_specs else None)
+    announce_torn_checkpoints(run_dir, resume_from)
     if resume_from is None:
         print(f"starting run '{run_name}' in {run_dir}")
     elif needs_training:
@@ -207,25 +260,37 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     else:
         print(f"run '{run_name}' already finished ({epochs_done}/{config.train.epochs} epochs): reporting its result")
 
-    run = tracking.open_run(config.tracking, run_name, flatten(config), existing_run_id=read_run_id(run_dir))
-    write_run_id(run_dir, run.run_id)
-    tracking.log_text(run, to_yaml(config), "config.yaml")
-    tracking.set_tags(run, {"run_name": run_name, "run_dir": str(run_dir), "method": config.method.name})
-    print(f"MLflow run {run.run_id} in {run.tracking_uri}")
+    existing_run_id = read_run_id(run_dir)
+    baseline = tracking.recorded_metric(tracking_uri, existing_run_id, PIXEL_BASELINE)
+    if config.eval.pixel_baseline and baseline is None:
+        # Decodes every image of both splits: an unreadable one stops the command here, before any run is touched.
+        baseline = pixel_baseline(config, sources)
 
+    run, changed = tracking.open_run(tracking_uri, config.tracking, run_name, flatten(config), existing_run_id)
     try:
-        baseline = tracking.latest_metric(run, "baseline/pixel_knn_top1")
-        if config.eval.pixel_baseline and baseline is None:
-            baseline = pixel_baseline(config, sources)
-            tracking.log_metrics(run, {"baseline/pixel_knn_top1": baseline}, step=0)
+        write_run_id(run_dir, run.run_id)
+        if changed:
+            listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in sorted(changed.items()))
+            print(f"this attempt changes settings that do not alter training: {listed} (tagged on the MLflow run)")
+        tracking.log_text(run, to_yaml(config), "config.yaml")
+        tracking.set_tags(run, {"run_name": run_name, "run_dir": str(run_dir), "method": config.method.name})
+        print(f"MLflow run {run.run_id} in {run.tracking_uri}")
+        if baseline is not None and tracking.latest_metric(run, PIXEL_BASELINE) is None:
+            tracking.log_metrics(run, {PIXEL_BASELINE: baseline}, step=0)
         if baseline is not None:
             print(f"raw-pixel kNN baseline: {baseline:.2f}%")
         if needs_training:
             _fit(config, run_name, storage, run_dir, run, actor_specs, resume_from)
         checkpoint_dir = latest_checkpoint(run_dir)
         metrics = {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
-    except BaseException:
-        tracking.finish_run(run, "KILLED" if sys.exc_info()[0] is KeyboardInterrupt else "FAILED")
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) or INTERRUPTED.is_set():
+            tracking.finish_run(run, "KILLED")
+            saved = latest_checkpoint(run_dir)
+            raise RunInterrupted(
+                run_name, run_dir, checkpoint_epoch(saved) if saved else 0, config.train.epochs, run.run_id
+            ) from None
+        tracking.finish_run(run, "FAILED")
         raise
 
     final = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("knn/", "train/loss"))}
@@ -244,6 +309,28 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     tracking.log_text(run, json.dumps(result.summary(), indent=2), "summary.json")
     tracking.finish_run(run, "FINISHED")
     return result
+
+
+def fit_in_thread(trainer: TorchTrainer) -> BaseException | None:
+    """Return the error of ``trainer.fit()`` (None on success), run in a thread the main thread waits on.
+
+    On the main thread Ray Train replaces the process's SIGINT handler with its own, which aborts the
+    run and exits; in a thread it does not, so the command's handler sees Ctrl-C, marks the MLflow run
+    KILLED and prints how to resume (Ray's processes are stopped when the driver exits).
+    """
+    outcome: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which decides
+            outcome.append(exc)
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    return outcome[0] if outcome else None
 
 
 def _fit(
@@ -288,8 +375,10 @@ def _fit(
                     worker_runtime_env={"env_vars": worker_env()},
                 ),
             )
-            result = trainer.fit()
+            error = fit_in_thread(trainer)
     finally:
         relay.close()
-    if result.error is not None:
-        raise result.error
+    if isinstance(error, TrainingFailedError):
+        raise training_failure(error) from None
+    if error is not None:
+        raise error

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
+import signal
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from pipeline.config import ConfigError, add_config_arguments, config_from_args
@@ -34,6 +37,9 @@ def print_result(result: PretrainResult) -> None:
     print(f"MLflow store   {result.tracking_uri}")
     print(f"browse with    {run_url(RunHandle(result.tracking_uri, '', result.mlflow_run_id))}")
 
+
+# The shell's convention for a command ended by SIGINT.
+INTERRUPTED_EXIT = 130
 
 # Ray's notice that its token authentication is on (it stays on); shown with --verbose.
 RAY_AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
@@ -60,14 +66,28 @@ def main(argv: list[str] | None = None) -> int:
 
     # Imported only now: torch, Ray and MLflow take seconds to load, and a config error must not wait for them.
     from pipeline.data.errors import DataError
-    from pipeline.launch import ResourceError, pretrain
+    from pipeline.launch import INTERRUPTED, ResourceError, RunInterrupted, pretrain
     from pipeline.tracking import TrackingError
 
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        INTERRUPTED.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    resume = shlex.join(["python", "-m", "pipeline.pretrain", *(sys.argv[1:] if argv is None else argv)])
     try:
         result = pretrain(config, verbose=args.verbose)
     except (ConfigError, DataError, ResourceError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunInterrupted as stopped:
+        print(f"\ninterrupted: {stopped} (MLflow run {stopped.mlflow_run_id} marked KILLED)", file=sys.stderr)
+        print(f"resume with: {resume}", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except KeyboardInterrupt:
+        print("\ninterrupted before the run started: nothing was recorded", file=sys.stderr)
+        return INTERRUPTED_EXIT
     print_result(result)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,10 +57,27 @@ def _artifact_root(uri: str, experiment: str) -> str | None:
     return (database.parent / "mlartifacts" / experiment).as_uri()
 
 
+def _check_sqlite_location(uri: str) -> None:
+    """Raise TrackingError naming the path unless a sqlite store's folder exists (or can be made) and is writable."""
+    database = Path(uri.removeprefix("sqlite:///"))
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+        # A probe file answers at once where MLflow would spend minutes retrying a read-only database.
+        with tempfile.NamedTemporaryFile(dir=database.parent, prefix=".mlflow-write-probe-"):
+            pass
+        if database.exists() and not os.access(database, os.W_OK):
+            raise PermissionError(f"{database} is read-only")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TrackingError(
+            f"MLflow tracking store {uri} cannot be written: {reason} ({database.parent}); set tracking.uri"
+        ) from None
+
+
 def check_store(uri: str) -> str:
-    """Return ``uri`` if the store answers a query; raise TrackingError naming it otherwise."""
+    """Return ``uri`` if the store answers a query (and, for sqlite, can be written); raise TrackingError otherwise."""
     if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        _check_sqlite_location(uri)
     previous = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
@@ -99,10 +117,17 @@ def experiment_id(uri: str, name: str) -> str:
 
 
 def open_run(
-    config: TrackingConfig, run_name: str, params: Mapping[str, Any], existing_run_id: str | None = None
-) -> RunHandle:
-    """Return a handle on a new run (or ``existing_run_id`` when resuming) with params and tags logged."""
-    uri = reachable_store(config)
+    uri: str,
+    config: TrackingConfig,
+    run_name: str,
+    params: Mapping[str, Any],
+    existing_run_id: str | None = None,
+) -> tuple[RunHandle, dict[str, tuple[str, str]]]:
+    """Return a handle on a new run (or ``existing_run_id`` when resuming) in store ``uri``, and the changed params.
+
+    Params are logged once; on a resumed run the params whose value differs in this attempt are
+    returned as ``{key: (recorded, now)}`` and tagged on the run (MLflow keeps the first value).
+    """
     client = _client(uri)
     exp_id = experiment_id(uri, config.experiment)
     if existing_run_id is not None and _run_exists(client, existing_run_id):
@@ -114,8 +139,12 @@ def open_run(
             tags[PARENT_TAG] = config.parent_run_id
         run = client.create_run(exp_id, tags=tags, run_name=config.run_name or run_name)
         handle = RunHandle(uri, exp_id, run.info.run_id)
-    log_params(handle, params)
-    return handle
+    changed = log_params(handle, params)
+    if changed:
+        attempt = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        summary = "; ".join(f"{key}: {old} -> {new}" for key, (old, new) in sorted(changed.items()))
+        set_tags(handle, {f"attempt.{attempt}.changed_params": summary})
+    return handle, changed
 
 
 def _run_exists(client: Any, run_id: str) -> bool:
@@ -129,23 +158,23 @@ def _run_exists(client: Any, run_id: str) -> bool:
     return True
 
 
-def log_params(handle: RunHandle, params: Mapping[str, Any]) -> None:
-    """Log params not yet on the run; a changed value is kept as it was and reported."""
+def log_params(handle: RunHandle, params: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """Log params not yet on the run; return ``{key: (recorded, now)}`` for those whose value changed."""
     from mlflow.entities import Param
 
     client = _client(handle.tracking_uri)
     logged = client.get_run(handle.run_id).data.params
     fresh = []
+    changed: dict[str, tuple[str, str]] = {}
     for key, value in params.items():
         text = str(value)
         if key not in logged:
             fresh.append(Param(key, text))
         elif logged[key] != text:
-            log.warning(
-                "param %s was %s in this run and is now %s; MLflow keeps the first value", key, logged[key], text
-            )
+            changed[key] = (logged[key], text)
     for start in range(0, len(fresh), MAX_BATCH):
         client.log_batch(handle.run_id, params=fresh[start : start + MAX_BATCH])
+    return changed
 
 
 def log_metrics(handle: RunHandle, metrics: Mapping[str, float], step: int) -> None:
@@ -168,6 +197,16 @@ def last_logged_step(handle: RunHandle, metric: str) -> int:
 def latest_metric(handle: RunHandle, metric: str) -> float | None:
     """Return the latest value logged for ``metric`` on the run, or None."""
     return _client(handle.tracking_uri).get_run(handle.run_id).data.metrics.get(metric)
+
+
+def recorded_metric(uri: str, run_id: str | None, metric: str) -> float | None:
+    """Return the latest value of ``metric`` on run ``run_id`` in store ``uri``; None if the run or metric is absent."""
+    if run_id is None:
+        return None
+    client = _client(uri)
+    if not _run_exists(client, run_id):
+        return None
+    return client.get_run(run_id).data.metrics.get(metric)
 
 
 def log_text(handle: RunHandle, text: str, artifact_file: str) -> None:

@@ -18,23 +18,24 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline import tracking
-from pipeline.checkpoints import checkpoint_epoch, epoch_dir_name, load_checkpoint, write_checkpoint
+from pipeline.checkpoints import (
+    checkpoint_epoch,
+    epoch_dir_name,
+    incomplete_reason,
+    load_checkpoint,
+    write_checkpoint,
+)
 from pipeline.config import ExperimentConfig, build_config
 from pipeline.data.build import build_source
 from pipeline.data.loader import EpochLoader, build_loader
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluation.monitor import knn_monitor
+from pipeline.faults import FaultHooks
 from pipeline.methods import EpochContext, Method, MethodContext, StepInfo, get_method
 from pipeline.optim import build_optimizer, lr_schedule
 from pipeline.progress import ProgressReporter
 from pipeline.step import autocast_dtype, batch_to_device, train_step
-
-FAILURE_MARKER = ".injected_failure"
-
-
-class InjectedFailure(RuntimeError):
-    """Raised once by ``train.inject_failure_at_epoch`` to exercise recovery from a crashed worker."""
 
 
 def seed_everything(seed: int, *parts: int) -> None:
@@ -166,8 +167,11 @@ def _checkpoint_to_resume(resume_from: str | None) -> tuple[Path | None, Any]:
     """
     ray_checkpoint = ray.train.get_checkpoint()
     candidates: list[tuple[int, Path | None, Any]] = []
-    if ray_checkpoint is not None:
-        candidates.append((checkpoint_epoch(Path(ray_checkpoint.path)), None, ray_checkpoint))
+    # A folder Ray registered can be torn afterwards (a copy cut short, a disk problem): on local storage it
+    # must pass the same completeness check as the driver's choice.
+    local_ray_folder = Path(ray_checkpoint.path) if ray_checkpoint is not None else None
+    if local_ray_folder is not None and (not local_ray_folder.is_dir() or incomplete_reason(local_ray_folder) is None):
+        candidates.append((checkpoint_epoch(local_ray_folder), None, ray_checkpoint))
     if resume_from is not None:
         candidates.append((checkpoint_epoch(Path(resume_from)), Path(resume_from), None))
     if not candidates:
@@ -196,20 +200,7 @@ def _restore(setup: WorkerSetup, resume_from: str | None) -> tuple[int, int]:
     return int(state["epoch"]), int(state["global_step"])
 
 
-def _maybe_inject_failure(config: ExperimentConfig, epoch: int, rank: int, run_dir: Path) -> None:
-    """Raise InjectedFailure once, on the last rank, at the start of the configured epoch."""
-    target = config.train.inject_failure_at_epoch
-    if target is None or epoch != target or rank != ray.train.get_context().get_world_size() - 1:
-        return
-    marker = run_dir / FAILURE_MARKER
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"failure injected at epoch {epoch}\n")
-    raise InjectedFailure(f"injected failure at the start of epoch {epoch} on rank {rank}")
-
-
-def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int) -> tuple[dict[str, float], int]:
+def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, faults: FaultHooks) -> tuple[dict[str, float], int]:
     """Run one epoch; return the epoch's mean losses and learning rate, and the new global step."""
     config, device = setup.config, setup.device
     amp_dtype = autocast_dtype(config.train.amp)
@@ -233,6 +224,8 @@ def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int) -> tuple[dict
             sums[key] = sums.get(key, 0) + value.float()
         global_step += 1
         done = step_in_epoch + 1
+        if done == 1:
+            faults.maybe_pause("mid_epoch", epoch + 1)
         if setup.rank == 0 and done % config.train.log_every_steps == 0 and done < steps:
             elapsed = time.perf_counter() - started
             rate = done * config.train.batch_size / elapsed
@@ -310,24 +303,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     start_epoch, global_step = _restore(setup, loop_config.get("resume_from"))
     run = tracking.RunHandle(**loop_config["mlflow"]) if setup.rank == 0 and loop_config.get("mlflow") else None
     logged_up_to = tracking.last_logged_step(run, "train/loss") if run else -1
+    faults = FaultHooks(run_dir, setup.rank, setup.world_size, config.train.inject_failure_at_epoch)
     epoch_times: list[float] = []
     for epoch in range(start_epoch, config.train.epochs):
         started = time.perf_counter()
         seed_everything(config.train.seed, setup.rank, epoch)
-        _maybe_inject_failure(config, epoch + 1, setup.rank, run_dir)
+        faults.maybe_fail(epoch + 1)
+        faults.maybe_pause("epoch_start", epoch + 1)
         setup.method.on_epoch_start(_epoch_context(setup, epoch, resources))
-        metrics, global_step = _train_epoch(setup, epoch, global_step)
+        metrics, global_step = _train_epoch(setup, epoch, global_step, faults)
         train_time = time.perf_counter() - started
         metrics["perf/images_per_s"] = len(setup.train_loader) * config.train.batch_size / train_time
         _broadcast_buffers(setup.method)
         if (epoch + 1) % config.eval.knn_every == 0 or epoch + 1 == config.train.epochs:
+            faults.maybe_pause("knn", epoch + 1)
             metrics["knn/top1"] = _knn_top1(setup)
         metrics["perf/epoch_time_s"] = time.perf_counter() - started
         metrics["epoch"] = epoch + 1
         epoch_times.append(metrics["perf/epoch_time_s"])
-        _save_and_report(setup, metrics, epoch + 1, global_step)
+        # Metrics go to MLflow before the checkpoint: an interrupt between the two retrains this epoch, which
+        # then skips logging (same seed, same values) instead of leaving the epoch unlogged forever.
         if run is not None and epoch > logged_up_to:
             tracking.log_metrics(run, metrics, step=epoch)
+        _save_and_report(setup, metrics, epoch + 1, global_step)
+        faults.maybe_pause("after_report", epoch + 1)
         if setup.rank == 0:
             eta = format_duration(float(np.mean(epoch_times)) * (config.train.epochs - epoch - 1))
             knn = f" knn {metrics['knn/top1']:.2f}%" if "knn/top1" in metrics else ""

@@ -1,7 +1,8 @@
-"""Checkpoint folders: the metrics file beside the full state, and reading checkpoints written before it."""
+"""Checkpoint folders: the metrics file beside the full state, the manifest, and torn copies."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,11 @@ import torch
 
 from pipeline.checkpoints import (
     CHECKPOINT_FILE,
+    MANIFEST_FILE,
     METRICS_FILE,
+    checkpoint_folders,
     checkpoint_metrics,
+    incomplete_reason,
     latest_checkpoint,
     load_checkpoint,
     write_checkpoint,
@@ -31,13 +35,44 @@ def test_write_checkpoint_puts_metrics_beside_the_state(tmp_path: Path) -> None:
     assert load_checkpoint(folder)["global_step"] == 30
 
 
-def test_metrics_of_a_checkpoint_without_metrics_file_come_from_the_state(tmp_path: Path) -> None:
-    folder = tmp_path / "epoch_0001"
-    folder.mkdir()
-    torch.save(state_with({"knn/top1": 12.5}), folder / CHECKPOINT_FILE)
-    assert checkpoint_metrics(folder) == {"knn/top1": 12.5}
+def write_epoch(run_dir: Path, epoch: int) -> Path:
+    """Return a complete checkpoint folder for ``epoch`` written under ``run_dir``."""
+    folder = run_dir / f"epoch_{epoch:04d}"
+    folder.mkdir(parents=True)
+    write_checkpoint(folder, {**state_with({"epoch": float(epoch)}), "epoch": epoch})
+    return folder
 
 
-def test_metrics_of_a_folder_without_checkpoint_name_the_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no checkpoint.pt in checkpoint folder"):
-        checkpoint_metrics(tmp_path)
+def test_a_complete_checkpoint_has_a_manifest_written_last(tmp_path: Path) -> None:
+    folder = write_epoch(tmp_path, 1)
+    assert incomplete_reason(folder) is None
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    assert manifest["epoch"] == 1
+    assert manifest["files"][CHECKPOINT_FILE] == (folder / CHECKPOINT_FILE).stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda folder: (folder / MANIFEST_FILE).unlink(), "no manifest.json"),
+        (lambda folder: (folder / MANIFEST_FILE).write_text("{"), "unreadable manifest.json"),
+        (lambda folder: (folder / METRICS_FILE).unlink(), "metrics.json is missing"),
+        (
+            lambda folder: (folder / CHECKPOINT_FILE).write_bytes((folder / CHECKPOINT_FILE).read_bytes()[:100]),
+            "checkpoint.pt has 100 bytes of",
+        ),
+    ],
+)
+def test_a_torn_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path: Path, damage: object, reason: str) -> None:
+    first = write_epoch(tmp_path, 1)
+    second = write_epoch(tmp_path, 2)
+    assert latest_checkpoint(tmp_path) == second
+    damage(second)
+    assert reason in incomplete_reason(second)
+    assert latest_checkpoint(tmp_path) == first
+    assert checkpoint_folders(tmp_path) == [second, first]
+
+
+def test_no_checkpoint_in_an_empty_or_missing_run(tmp_path: Path) -> None:
+    assert latest_checkpoint(tmp_path) is None
+    assert latest_checkpoint(tmp_path / "missing") is None

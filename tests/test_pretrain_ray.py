@@ -9,33 +9,13 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.checkpoints import METRICS_FILE, checkpoint_metrics, latest_checkpoint, load_checkpoint
-from pipeline.config import ConfigError, ExperimentConfig, load_config, with_overrides
+from pipeline.config import ConfigError
 from pipeline.launch import ResourceError, check_resources, pretrain
+from tests.support.configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 STEPS_PER_EPOCH = 4  # 64 images / global batch 16
-
-
-def tiny_config(tmp_path: Path, mlflow_uri: str, **overrides: object) -> ExperimentConfig:
-    """Return the quickstart shrunk to seconds: 64 images, width-4 ResNet-18, 2 workers, 2 epochs."""
-    base = {
-        "data.synthetic.num_train": 64,
-        "data.synthetic.num_test": 32,
-        "data.num_workers": 0,
-        "model.width": 4,
-        "method.queue_size": 64,
-        "train.batch_size": 16,
-        "train.epochs": 2,
-        "train.log_every_steps": 2,
-        "eval.knn_k": 10,
-        "eval.pixel_baseline": False,
-        "ray.num_workers": 2,
-        "ray.storage_path": str(tmp_path / "runs"),
-        "tracking.uri": mlflow_uri,
-    }
-    base.update(overrides)
-    return with_overrides(load_config("quickstart.yaml"), base)
 
 
 def test_two_worker_moco_run_is_recorded_in_mlflow(tmp_path: Path, mlflow_uri: str) -> None:

@@ -38,29 +38,41 @@ def test_unreachable_store_falls_back_when_configured(mlflow_uri: str, caplog: p
     assert "fallback store" in caplog.text
 
 
-def test_open_run_logs_params_and_is_reused(mlflow_uri: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_open_run_logs_params_and_is_reused(mlflow_uri: str) -> None:
     config = TrackingConfig(uri=mlflow_uri, experiment="unit", parent_run_id="parent123", tags={"grid": "k"})
-    handle = tracking.open_run(config, "run-a", {"method.name": "moco", "train.epochs": 2})
+    handle, changed = tracking.open_run(mlflow_uri, config, "run-a", {"method.name": "moco", "ray.num_workers": 1})
+    assert changed == {}
     client = MlflowClient(mlflow_uri)
     run = client.get_run(handle.run_id)
-    assert run.data.params == {"method.name": "moco", "train.epochs": "2"}
+    assert run.data.params == {"method.name": "moco", "ray.num_workers": "1"}
     assert run.data.tags[tracking.PARENT_TAG] == "parent123" and run.data.tags["grid"] == "k"
     assert run.info.run_name == "run-a"
     artifact_uri = client.get_experiment(handle.experiment_id).artifact_location
     assert artifact_uri.startswith("file://") and "mlartifacts" in artifact_uri
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.tracking"):
-        again = tracking.open_run(config, "run-a", {"method.name": "moco", "train.epochs": 5}, handle.run_id)
+    params = {"method.name": "moco", "ray.num_workers": 2}
+    again, changed = tracking.open_run(mlflow_uri, config, "run-a", params, handle.run_id)
     assert again.run_id == handle.run_id
-    assert client.get_run(handle.run_id).data.params["train.epochs"] == "2"
-    assert "train.epochs was 2" in caplog.text
+    assert changed == {"ray.num_workers": ("1", "2")}
+    reused = client.get_run(handle.run_id)
+    assert reused.data.params["ray.num_workers"] == "1"
+    attempt_tags = {key: value for key, value in reused.data.tags.items() if key.startswith("attempt.")}
+    assert list(attempt_tags.values()) == ["ray.num_workers: 1 -> 2"]
 
-    missing = tracking.open_run(config, "run-b", {}, existing_run_id="0" * 32)
+    missing, _ = tracking.open_run(mlflow_uri, config, "run-b", {}, existing_run_id="0" * 32)
     assert missing.run_id != handle.run_id
 
 
+@pytest.mark.parametrize("uri", ["sqlite:////proc/nope/mlflow.db", "sqlite:////proc/mlflow.db"])
+def test_unusable_sqlite_location_fails_at_once_naming_it(uri: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(tracking.TrackingError, match=rf"{uri} cannot be written: .*set tracking.uri"):
+        tracking.reachable_store(TrackingConfig(uri=uri))
+    assert time.monotonic() - started < 5
+
+
 def test_metric_history_and_final_status(mlflow_uri: str) -> None:
-    handle = tracking.open_run(TrackingConfig(uri=mlflow_uri), "run", {})
+    handle, _ = tracking.open_run(mlflow_uri, TrackingConfig(uri=mlflow_uri), "run", {})
     assert tracking.last_logged_step(handle, "train/loss") == -1
     assert tracking.latest_metric(handle, "train/loss") is None
     for epoch, loss in enumerate([3.0, 2.0, 1.5]):

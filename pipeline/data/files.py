@@ -327,6 +327,13 @@ class ListFile(FileSource):
             raise DataError(f"image root not found: {root} (for list file {list_path})")
         self.list_path = str(list_path)
         paths, labels = read_list_file(list_path)
+        # Checked when the data set is opened (in the driver, before any run starts), not mid-epoch.
+        missing = [path for path in paths if not os.path.isfile(os.path.join(root, path))]
+        if missing and not skip_corrupt:
+            raise DataError(
+                f"list file {list_path} names {len(missing)} image(s) missing under {root}, first "
+                f"{os.path.join(root, missing[0])} (fix the list, or set data.skip_corrupt: true to skip them)"
+            )
         super().__init__(root, paths, labels, int(labels.max()) + 1, transform, skip_corrupt)
 
     def describe(self) -> str:

@@ -155,3 +155,12 @@ def test_file_bytes_are_copied_into_parquet(image_folder_root: Path, tmp_path: P
     table = pq.read_table(tmp_path / "shards" / "part-00000.parquet")
     for image, index in zip(table.column("image").to_pylist(), table.column("index").to_pylist(), strict=True):
         assert image == Path(source.path(index)).read_bytes()
+
+
+def test_list_file_naming_a_missing_image_fails_when_opened(list_file_root: Path) -> None:
+    listed = (list_file_root / "train.txt").read_text()
+    (list_file_root / "gaps.txt").write_text(listed + "absent/nothing.jpg 0\n")
+    with pytest.raises(DataError, match=r"names 1 image\(s\) missing .*absent/nothing\.jpg.*data\.skip_corrupt"):
+        ListFile(list_file_root, list_file_root / "gaps.txt")
+    listed_count = len(ListFile(list_file_root, list_file_root / "train.txt"))
+    assert len(ListFile(list_file_root, list_file_root / "gaps.txt", skip_corrupt=True)) == listed_count + 1
