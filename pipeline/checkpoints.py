@@ -17,13 +17,15 @@ from typing import Any
 
 import torch
 
-from pipeline.config import ConfigError, ExperimentConfig
+from pipeline.config import ConfigError, ExperimentConfig, to_yaml
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # The epoch's metrics, also inside checkpoint.pt: reading a run's result must not load networks, optimiser and queue.
 METRICS_FILE = "metrics.json"
 MANIFEST_FILE = "manifest.json"
 RUN_ID_FILE = "mlflow_run_id"
+RUN_CONFIG_FILE = "config.yaml"
+TRACKING_URI_FILE = "mlflow_tracking_uri"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
 
 
@@ -34,7 +36,7 @@ def epoch_dir_name(epochs_done: int) -> str:
 
 def config_fingerprint(config: ExperimentConfig) -> str:
     """Return a short hash of everything that changes what is trained (not where or how it is tracked)."""
-    payload = config.model_dump(mode="json", exclude={"ray", "tracking"})
+    payload = config.model_dump(mode="json", exclude={"ray": True, "tracking": True, "eval": {"linear"}})
     payload["train"].pop("log_every_steps", None)
     payload["train"].pop("inject_failure_at_epoch", None)
     text = json.dumps(payload, sort_keys=True)
@@ -126,7 +128,20 @@ def read_run_id(run_dir: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def write_run_id(run_dir: Path, run_id: str) -> None:
-    """Record the MLflow run id beside the run's checkpoints so that a resume logs into the same run."""
+def write_run_id(run_dir: Path, run_id: str, tracking_uri: str) -> None:
+    """Record the MLflow run id and store beside the run's checkpoints so that a resume or evaluation logs there."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_ID_FILE).write_text(run_id + "\n")
+    (run_dir / TRACKING_URI_FILE).write_text(tracking_uri + "\n")
+
+
+def read_tracking_uri(run_dir: Path) -> str | None:
+    """Return the MLflow store a run folder's run lives in, if recorded."""
+    path = run_dir / TRACKING_URI_FILE
+    return path.read_text().strip() if path.is_file() else None
+
+
+def write_run_config(run_dir: Path, config: ExperimentConfig) -> None:
+    """Record the resolved config beside the run's checkpoints (what evaluation rebuilds the method from)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_CONFIG_FILE).write_text(to_yaml(config))

@@ -102,13 +102,34 @@ class TrainConfig(Section):
     inject_failure_at_epoch: int | None = Field(None, ge=0)
 
 
+class LinearEvalConfig(Section):
+    """Linear probe on frozen features (``python -m pipeline.evaluate``; after pretraining when ``enabled``)."""
+
+    enabled: bool = False
+    protocol: Literal["features"] = "features"
+    optimizer: Literal["sgd", "lbfgs"] = "sgd"
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    sampling: Literal["auto", "uniform", "class_balanced"] = "auto"
+    loss_weighting: Literal["none", "inverse_frequency"] = "none"
+    flip_average: bool = False
+    baselines: bool = False
+    many_threshold: float = Field(100, ge=0)
+    few_threshold: float = Field(20, ge=0)
+    scale_thresholds: bool = True
+    seed: int = 0
+
+
 class EvalConfig(Section):
-    """Per-epoch kNN monitor and baselines."""
+    """Per-epoch kNN monitor, baselines and the linear evaluation stage."""
 
     knn_k: int = Field(200, ge=1)
     knn_temperature: float = Field(0.1, gt=0)
     knn_every: int = Field(1, ge=1)
     pixel_baseline: bool = True
+    linear: LinearEvalConfig = LinearEvalConfig()
 
 
 class RayConfig(Section):

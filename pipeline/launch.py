@@ -26,6 +26,7 @@ from pipeline.checkpoints import (
     latest_checkpoint,
     read_run_id,
     resolve_run,
+    write_run_config,
     write_run_id,
 )
 from pipeline.config import ConfigError, ExperimentConfig, RayConfig, flatten, to_yaml
@@ -35,6 +36,7 @@ from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluation.knn import pixel_knn_top1
 from pipeline.methods import Method, get_method
+from pipeline.probe import evaluate_and_record
 from pipeline.progress import ProgressRelay
 from pipeline.resources import RunResources, required_resources
 from pipeline.train import train_loop_per_worker
@@ -83,6 +85,7 @@ class PretrainResult:
     tracking_uri: str
     pixel_knn_top1: float | None
     wall_time_s: float
+    evaluation: dict[str, dict[str, float]] | None = None
 
     def summary(self) -> dict[str, Any]:
         """Return the result as a JSON-ready mapping."""
@@ -268,7 +271,8 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
 
     run, changed = tracking.open_run(tracking_uri, config.tracking, run_name, flatten(config), existing_run_id)
     try:
-        write_run_id(run_dir, run.run_id)
+        write_run_id(run_dir, run.run_id, run.tracking_uri)
+        write_run_config(run_dir, config)
         if changed:
             listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in sorted(changed.items()))
             print(f"this attempt changes settings that do not alter training: {listed} (tagged on the MLflow run)")
@@ -308,6 +312,11 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     tracking.set_tags(run, {"checkpoint": result.checkpoint_path or ""})
     tracking.log_text(run, json.dumps(result.summary(), indent=2), "summary.json")
     tracking.finish_run(run, "FINISHED")
+    if config.eval.linear.enabled:
+        evaluation = evaluate_and_record(run_dir, tracking_uri=run.tracking_uri)
+        print(f"linear evaluation ({evaluation.protocol}{', reused' if evaluation.reused else ''}):")
+        print(evaluation.table())
+        result.evaluation = {name: network.metrics() for name, network in evaluation.networks.items()}
     return result
 
 

@@ -25,8 +25,9 @@ def extract_features(
     device: torch.device,
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return L2-normalised pooled features ``[n, D]`` (float32) and sample indices ``[n]`` of this worker's shard."""
+    """Return pooled features ``[n, D]`` (float32; L2-normalised if ``normalize``) and sample indices ``[n]``."""
     was_training = backbone.training
     backbone.eval()
     features, indices = [], []
@@ -37,7 +38,8 @@ def extract_features(
     with autocast:
         for images, _, index in batches:
             images = images.to(device, non_blocking=True, memory_format=memory_format)
-            features.append(F.normalize(backbone(images).float(), dim=1))
+            pooled = backbone(images).float()
+            features.append(F.normalize(pooled, dim=1) if normalize else pooled)
             indices.append(index.to(device, non_blocking=True))
     backbone.train(was_training)
     if not features:

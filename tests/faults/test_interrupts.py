@@ -1,4 +1,4 @@
-"""Interrupt a run at several points, by SIGINT and SIGKILL of the driver, rerun, and get the uninterrupted result.
+"""Interrupt a run at several points (SIGINT, SIGTERM, SIGKILL of the driver), rerun, get the uninterrupted result.
 
 Each interrupted attempt is a real ``python -m pipeline.pretrain`` process with its own local Ray; the
 ``PIPELINE_TEST_PAUSE_AT`` hook stops rank 0 at a named point so the signal lands exactly there.
@@ -102,10 +102,10 @@ def test_interrupts_at_any_point_resume_to_the_uninterrupted_result(tmp_path: Pa
     for snapshot in run_dir.glob("checkpoint_manager_snapshot.json*"):
         snapshot.unlink()
 
-    # 3. SIGINT mid-epoch 2: the attempt resumed from the folder on disk, not from epoch 0.
+    # 3. SIGTERM mid-epoch 2: the attempt resumed from the folder on disk, not from epoch 0.
     attempt = Attempt(overrides, "mid_epoch:2", tmp_path / "attempt3.log")
     attempt.wait_for(pause_marker(run_dir, "mid_epoch", 2))
-    code, output = attempt.finish(signal.SIGINT)
+    code, output = attempt.finish(signal.SIGTERM)
     assert code == 130, output
     assert "resuming run 'chain' from" in output and "epoch_0001 (1/3 epochs done)" in output
     assert client.get_run(run_id()).info.status == "KILLED"
