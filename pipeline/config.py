@@ -102,11 +102,30 @@ class TrainConfig(Section):
     inject_failure_at_epoch: int | None = Field(None, ge=0)
 
 
+class AugmentedProbeConfig(Section):
+    """The papers' linear protocol (MoCo's defaults): crops and flips through the frozen backbone every epoch."""
+
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(30.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    milestones: list[int] = [60, 80]
+    crop_scale: list[float] = [0.08, 1.0]
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, value: list[float]) -> list[float]:
+        if len(value) != 2 or not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"needs [low, high] with 0 < low <= high <= 1, got {value}")
+        return value
+
+
 class LinearEvalConfig(Section):
     """Linear probe on frozen features (``python -m pipeline.evaluate``; after pretraining when ``enabled``)."""
 
     enabled: bool = False
-    protocol: Literal["features"] = "features"
+    protocol: Literal["features", "augmented"] = "features"
     optimizer: Literal["sgd", "lbfgs"] = "sgd"
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(256, ge=1)
@@ -120,6 +139,7 @@ class LinearEvalConfig(Section):
     few_threshold: float = Field(20, ge=0)
     scale_thresholds: bool = True
     seed: int = 0
+    augmented: AugmentedProbeConfig = AugmentedProbeConfig()
 
 
 class EvalConfig(Section):

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
-from ray.train.torch import TorchConfig, TorchTrainer
 
 from pipeline import tracking
 from pipeline.checkpoints import (
@@ -29,14 +23,23 @@ from pipeline.checkpoints import (
     write_run_config,
     write_run_id,
 )
-from pipeline.config import ConfigError, ExperimentConfig, RayConfig, flatten, to_yaml
+from pipeline.cluster import (
+    INTERRUPTED,
+    check_resources,
+    cluster_address,
+    ensure_ray,
+    fit,
+    make_trainer,
+    storage_root,
+)
+from pipeline.config import ConfigError, ExperimentConfig, flatten, to_yaml
 from pipeline.data.build import Source, build_source
 from pipeline.data.errors import DataError
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
+from pipeline.evaluate import evaluate_and_record
 from pipeline.evaluation.knn import pixel_knn_top1
 from pipeline.methods import Method, get_method
-from pipeline.probe import evaluate_and_record
 from pipeline.progress import ProgressRelay
 from pipeline.resources import RunResources, required_resources
 from pipeline.train import train_loop_per_worker
@@ -44,25 +47,6 @@ from pipeline.train import train_loop_per_worker
 log = logging.getLogger(__name__)
 
 PIXEL_BASELINE = "baseline/pixel_knn_top1"
-PROJECT_ENV_PREFIX = "PIPELINE_"
-QUIET_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-
-
-def worker_env() -> dict[str, str]:
-    """Return the environment every Ray process of a run gets: Ray Train's print patch off, the project's variables.
-
-    The project's variables (``PIPELINE_PLUGINS``, the test hooks) start with ``PIPELINE_``; forwarding them
-    explicitly makes them reach workers of a cluster that was started before they were set.
-    """
-    return {**QUIET_ENV, **{key: value for key, value in os.environ.items() if key.startswith(PROJECT_ENV_PREFIX)}}
-
-
-# Set by the command line's SIGINT/SIGTERM handler: whatever error the interrupt causes inside Ray, it was an interrupt.
-INTERRUPTED = threading.Event()
-
-
-class ResourceError(RuntimeError):
-    """The requested workers cannot be placed on the cluster."""
 
 
 class RunInterrupted(Exception):
@@ -90,71 +74,6 @@ class PretrainResult:
     def summary(self) -> dict[str, Any]:
         """Return the result as a JSON-ready mapping."""
         return asdict(self)
-
-
-def storage_root(config: RayConfig) -> str:
-    """Return ``ray.storage_path`` as an absolute path (URIs such as s3:// are kept as they are)."""
-    if "://" in config.storage_path:
-        return config.storage_path
-    return str(Path(config.storage_path).expanduser().resolve())
-
-
-def cluster_address(config: RayConfig) -> str | None:
-    """Return the cluster to join: ``ray.address``, else ``RAY_ADDRESS`` (set under ``ray job submit``), else None."""
-    return config.address or os.environ.get("RAY_ADDRESS")
-
-
-def ensure_ray(config: RayConfig, verbose: bool = False) -> None:
-    """Connect to Ray: the running session, the configured or ambient cluster, else a new local one.
-
-    Unless ``verbose``, remote processes' output stays in Ray's log files (the run's own progress
-    reaches the terminal through the progress relay) and Ray's driver-side messages below warnings are dropped.
-    """
-    if ray.is_initialized():
-        return
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    options: dict[str, Any] = {
-        "runtime_env": {"env_vars": worker_env()},
-        "log_to_driver": verbose,
-        "logging_level": logging.INFO if verbose else logging.WARNING,
-    }
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    # ray.init replaces the SIGTERM handler with one that exits at once; the command's own handler is kept.
-    sigterm_handler = signal.getsignal(signal.SIGTERM) if on_main_thread else None
-    address = cluster_address(config)
-    if address:
-        ray.init(address=address, **options)
-    else:
-        ray.init(num_cpus=config.num_cpus, object_store_memory=config.object_store_memory, **options)
-    if on_main_thread and callable(sigterm_handler):
-        signal.signal(signal.SIGTERM, sigterm_handler)
-
-
-def check_resources(config: RayConfig, local: bool, extra: dict[str, float] | None = None) -> None:
-    """Raise ResourceError when workers plus run-scoped actors ask for more than the cluster has.
-
-    A local cluster never grows, so a shortfall there is an error; on a real cluster the autoscaler may add nodes.
-    """
-    workers = max(config.num_workers, 1)
-    extra = extra or {}
-    wanted = {
-        "CPU": workers * config.cpus_per_worker + extra.get("CPU", 0.0),
-        "GPU": workers * config.gpus_per_worker + extra.get("GPU", 0.0),
-    }
-    available = ray.cluster_resources()
-    short = {k: (v, available.get(k, 0.0)) for k, v in wanted.items() if v > available.get(k, 0.0)}
-    if not short:
-        return
-    detail = ", ".join(f"{need:g} {kind} wanted, {have:g} in the cluster" for kind, (need, have) in short.items())
-    actors = f" plus the method's actors ({extra.get('CPU', 0):g} CPU, {extra.get('GPU', 0):g} GPU)" if extra else ""
-    message = (
-        f"ray.num_workers={config.num_workers} x (cpus_per_worker={config.cpus_per_worker:g}, "
-        f"gpus_per_worker={config.gpus_per_worker:g}){actors} cannot be placed: {detail}"
-    )
-    if local:
-        raise ResourceError(message)
-    log.warning("%s; waiting for the cluster to grow (autoscaler)", message)
 
 
 def validate(config: ExperimentConfig) -> type[Method]:
@@ -218,18 +137,6 @@ def announce_torn_checkpoints(run_dir: Path, resume_from: Path | None) -> None:
         reason = incomplete_reason(folder)
         target = resume_from.name if resume_from is not None else "the start"
         print(f"checkpoint {folder.name} is incomplete ({reason}): resuming from {target} instead")
-
-
-def training_failure(error: BaseException) -> BaseException:
-    """Return the error to raise for a failed fit: a worker's DataError as one line, else ``error`` itself."""
-    failures = getattr(error, "worker_failures", None) or {}
-    for failure in failures.values():
-        if isinstance(failure, DataError):
-            # The worker's message carries the DataLoader's traceback; its last line is the DataError's own.
-            lines = [line for line in str(failure).splitlines() if line.strip()]
-            message = lines[-1].split("DataError: ", 1)[-1] if lines else str(failure)
-            return DataError(f"{message}; the run resumes from its last checkpoint when run again")
-    return error
 
 
 def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
@@ -313,33 +220,11 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     tracking.log_text(run, json.dumps(result.summary(), indent=2), "summary.json")
     tracking.finish_run(run, "FINISHED")
     if config.eval.linear.enabled:
-        evaluation = evaluate_and_record(run_dir, tracking_uri=run.tracking_uri)
+        evaluation = evaluate_and_record(run_dir, tracking_uri=run.tracking_uri, verbose=verbose)
         print(f"linear evaluation ({evaluation.protocol}{', reused' if evaluation.reused else ''}):")
         print(evaluation.table())
         result.evaluation = {name: network.metrics() for name, network in evaluation.networks.items()}
     return result
-
-
-def fit_in_thread(trainer: TorchTrainer) -> BaseException | None:
-    """Return the error of ``trainer.fit()`` (None on success), run in a thread the main thread waits on.
-
-    On the main thread Ray Train replaces the process's SIGINT handler with its own, which aborts the
-    run and exits; in a thread it does not, so the command's handler sees Ctrl-C, marks the MLflow run
-    KILLED and prints how to resume (Ray's processes are stopped when the driver exits).
-    """
-    outcome: list[BaseException] = []
-
-    def fit() -> None:
-        try:
-            trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which decides
-            outcome.append(exc)
-
-    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(timeout=0.5)
-    return outcome[0] if outcome else None
 
 
 def _fit(
@@ -352,42 +237,17 @@ def _fit(
     resume_from: Path | None,
 ) -> None:
     """Create the run's actors and progress relay, launch the TorchTrainer, tear both down; raise if training failed."""
-    use_gpu = config.ray.gpus_per_worker > 0
-    resources = {"CPU": config.ray.cpus_per_worker}
-    if use_gpu:
-        resources["GPU"] = config.ray.gpus_per_worker
     relay = ProgressRelay()
     try:
         with RunResources(actor_specs, run_name) as handles:
-            trainer = TorchTrainer(
-                train_loop_per_worker,
-                train_loop_config={
-                    "config": config.model_dump(mode="json"),
-                    "run_dir": str(run_dir),
-                    "mlflow": asdict(run),
-                    "resources": handles,
-                    "progress": relay.queue,
-                    "resume_from": str(resume_from) if resume_from is not None else None,
-                },
-                torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-                scaling_config=ScalingConfig(
-                    num_workers=config.ray.num_workers,
-                    use_gpu=use_gpu,
-                    resources_per_worker=resources,
-                    placement_strategy=config.ray.placement_strategy,
-                ),
-                run_config=RunConfig(
-                    name=run_name,
-                    storage_path=storage,
-                    failure_config=FailureConfig(max_failures=config.ray.max_failures),
-                    checkpoint_config=CheckpointConfig(num_to_keep=2),
-                    worker_runtime_env={"env_vars": worker_env()},
-                ),
-            )
-            error = fit_in_thread(trainer)
+            loop_config = {
+                "config": config.model_dump(mode="json"),
+                "run_dir": str(run_dir),
+                "mlflow": asdict(run),
+                "resources": handles,
+                "progress": relay.queue,
+                "resume_from": str(resume_from) if resume_from is not None else None,
+            }
+            fit(make_trainer(train_loop_per_worker, loop_config, config.ray, run_name, storage, checkpoints_kept=2))
     finally:
         relay.close()
-    if isinstance(error, TrainingFailedError):
-        raise training_failure(error) from None
-    if error is not None:
-        raise error

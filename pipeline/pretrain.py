@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
 
     # Imported only now: torch, Ray and MLflow take seconds to load, and a config error must not wait for them.
+    from pipeline.cluster import INTERRUPTED, ResourceError
     from pipeline.data.errors import DataError
-    from pipeline.launch import INTERRUPTED, ResourceError, RunInterrupted, pretrain
+    from pipeline.launch import RunInterrupted, pretrain
     from pipeline.tracking import TrackingError
 
     def interrupt(signum: int, frame: FrameType | None) -> None:

@@ -1,5 +1,6 @@
 """The linear evaluation stage: a finished run's checkpoint -> frozen evaluation networks -> linear probes -> metrics.
 
+The ``augmented`` protocol trains in ``pipeline.linear_train``; ``pipeline.evaluate`` dispatches and records.
 Protocol ``features``: each evaluation network (and, with ``eval.linear.baselines``, raw pixels and the
 backbone at its random initialisation) embeds both splits once under the evaluation view
 (optionally averaged with the mirrored image), the features are cached beside the run keyed by
@@ -26,10 +27,8 @@ from pipeline.checkpoints import (
     checkpoint_epoch,
     latest_checkpoint,
     load_checkpoint,
-    read_run_id,
-    read_tracking_uri,
 )
-from pipeline.config import ConfigError, ExperimentConfig, LinearEvalConfig, load_config
+from pipeline.config import ExperimentConfig, LinearEvalConfig, load_config
 from pipeline.data.build import build_source
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
@@ -47,6 +46,7 @@ from pipeline.methods import MethodContext, get_method
 
 EVAL_DIR = "eval"
 ENSEMBLE = "ensemble"
+BASELINES = ("raw_pixels", "random_init")
 
 
 class EvaluationError(RuntimeError):
@@ -154,7 +154,7 @@ def baseline_networks(config: ExperimentConfig, num_classes: int) -> dict[str, n
     context = MethodContext(config, 0, 1, num_classes, 1, method_class.batch_norm(config, 1))
     torch.manual_seed(config.train.seed)
     untrained = method_class(context).eval().requires_grad_(False)
-    return {"raw_pixels": nn.Flatten(), "random_init": untrained.evaluation_networks()["backbone"]}
+    return dict(zip(BASELINES, (nn.Flatten(), untrained.evaluation_networks()["backbone"]), strict=True))
 
 
 def evaluation_networks(config: ExperimentConfig, checkpoint: Path, num_classes: int) -> dict[str, nn.Module]:
@@ -228,68 +228,77 @@ def _classifier_result(
     )
 
 
-def evaluate_run(
-    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), force: bool = False, device: torch.device | None = None
-) -> EvaluationResult:
-    """Return the linear-probe result of a finished run (reused from its folder unless ``force``)."""
-    run_dir = Path(run_dir)
-    try:
-        config = load_run_config(run_dir, overrides)
-    except ConfigError as exc:
-        raise EvaluationError(str(exc)) from None
-    checkpoint = finished_checkpoint(run_dir, config)
+def settings_key(config: ExperimentConfig, checkpoint: Path) -> str:
+    """Return the key of an evaluation: checkpoint identity, data and every linear-evaluation setting."""
+    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
+    data_key = config.data.model_dump(mode="json", exclude={"num_workers"})
+    return _hash([checkpoint.name, manifest, data_key, config.eval.linear.model_dump(mode="json", exclude={"enabled"})])
+
+
+def networks_to_probe(config: ExperimentConfig, checkpoint: Path, num_classes: int) -> dict[str, nn.Module]:
+    """Return the evaluation networks and, when ``eval.linear.baselines``, the baselines after them."""
+    networks = evaluation_networks(config, checkpoint, num_classes)
+    baselines = baseline_networks(config, num_classes) if config.eval.linear.baselines else {}
+    return {**networks, **baselines}
+
+
+def features_logits(
+    config: ExperimentConfig, checkpoint: Path, run_dir: Path, num_classes: int, device: torch.device
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Return each probed network's test logits ``{name: [M, C]}`` and the test labels ``[M]`` (features protocol)."""
     linear = config.eval.linear
     manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
     data_key = config.data.model_dump(mode="json", exclude={"num_workers"})
     settings = probe_settings(linear, config.data.long_tail_ratio is not None)
-    settings_key = _hash([checkpoint.name, manifest, data_key, linear.model_dump(mode="json", exclude={"enabled"})])
-    result_path = run_dir / EVAL_DIR / f"{linear.protocol}-{settings_key}.json"
-    if result_path.is_file() and not force:
-        result = EvaluationResult.from_json(result_path.read_text())
-        result.reused = True
-        return result
-
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    train_counts_source = build_source(config.data, "train")
-    num_classes = train_counts_source.num_classes
-    networks = evaluation_networks(config, checkpoint, num_classes)
-    baselines = baseline_networks(config, num_classes) if linear.baselines else {}
     logits: dict[str, torch.Tensor] = {}
     test_labels = torch.empty(0, dtype=torch.long)
-    train_counts = torch.as_tensor(train_counts_source.class_counts())
-    thresholds = shot_thresholds(train_counts, linear.many_threshold, linear.few_threshold, linear.scale_thresholds)
-    for name, network in {**networks, **baselines}.items():
+    for name, network in networks_to_probe(config, checkpoint, num_classes).items():
         feature_key = _hash([checkpoint.name, manifest, data_key, name, linear.flip_average])
-        splits = {
-            split: cached_features(
-                network, config, split, run_dir / EVAL_DIR / "cache" / f"{split}-{feature_key}.pt", device
-            )
-            for split in ("train", "test")
-        }
-        (train_features, train_labels), (test_features, test_labels) = splits["train"], splits["test"]
+        cache = run_dir / EVAL_DIR / "cache"
+        train_features, train_labels = cached_features(
+            network, config, "train", cache / f"train-{feature_key}.pt", device
+        )
+        test_features, test_labels = cached_features(network, config, "test", cache / f"test-{feature_key}.pt", device)
         probe = train_linear_probe(train_features, train_labels, num_classes, settings)
         with torch.no_grad():
             logits[name] = probe(test_features)
+    return logits, test_labels
+
+
+def summarise(
+    config: ExperimentConfig,
+    run_dir: Path,
+    checkpoint: Path,
+    key: str,
+    sampling: str,
+    logits: dict[str, torch.Tensor],
+    test_labels: torch.Tensor,
+    evaluated: list[str],
+) -> EvaluationResult:
+    """Return the metrics of test logits per classifier, plus the ensemble of several ``evaluated`` networks."""
+    linear = config.eval.linear
+    train_source = build_source(config.data, "train")
+    num_classes = train_source.num_classes
+    train_counts = torch.as_tensor(train_source.class_counts())
+    thresholds = shot_thresholds(train_counts, linear.many_threshold, linear.few_threshold, linear.scale_thresholds)
     labelled = test_labels >= 0
+    labels = test_labels[labelled]
     results = {
-        name: _classifier_result(value[labelled], test_labels[labelled], train_counts, thresholds, num_classes)
+        name: _classifier_result(value[labelled], labels, train_counts, thresholds, num_classes)
         for name, value in logits.items()
     }
-    if len(networks) > 1:
-        combined = ensemble_logits([logits[name] for name in networks])[labelled]
-        results[ENSEMBLE] = _classifier_result(combined, test_labels[labelled], train_counts, thresholds, num_classes)
-    result = EvaluationResult(
+    if len(evaluated) > 1:
+        combined = ensemble_logits([logits[name] for name in evaluated])[labelled]
+        results[ENSEMBLE] = _classifier_result(combined, labels, train_counts, thresholds, num_classes)
+    return EvaluationResult(
         run_dir=str(run_dir),
         checkpoint=str(checkpoint),
         protocol=linear.protocol,
-        settings_key=settings_key,
-        sampling=settings.sampling,
+        settings_key=key,
+        sampling=sampling,
         thresholds={"many": thresholds.many, "few": thresholds.few, "scaled": thresholds.scaled},
         networks=results,
     )
-    result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(result.to_json())
-    return result
 
 
 def confusion_png(confusion: list[list[int]], title: str, path: Path) -> None:
@@ -332,14 +341,3 @@ def record_evaluation(result: EvaluationResult, run: tracking.RunHandle) -> None
         confusion_png(network.confusion, f"{name}: linear probe ({result.protocol})", png)
         tracking.log_artifact(run, png, prefix)
     tracking.log_text(run, result.table() + "\n", f"{prefix}/table.txt")
-
-
-def evaluate_and_record(
-    run_dir: Path, overrides: list[str] | tuple[str, ...] = (), force: bool = False, tracking_uri: str | None = None
-) -> EvaluationResult:
-    """Return the run's evaluation, logged into its MLflow run when it was computed now (not reused)."""
-    result = evaluate_run(run_dir, overrides, force)
-    run_id, uri = read_run_id(Path(run_dir)), tracking_uri or read_tracking_uri(Path(run_dir))
-    if not result.reused and run_id is not None and uri is not None:
-        record_evaluation(result, tracking.RunHandle(uri, "", run_id))
-    return result

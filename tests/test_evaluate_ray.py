@@ -13,8 +13,9 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.checkpoints import load_checkpoint, write_checkpoint
+from pipeline.evaluate import evaluate_and_record, evaluate_run
 from pipeline.launch import pretrain
-from pipeline.probe import EvaluationError, evaluate_and_record, evaluate_run
+from pipeline.probe import EvaluationError
 from tests.support.configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -59,6 +60,21 @@ def test_evaluation_lands_in_the_run_is_reused_and_refuses_unfit_runs(tmp_path: 
 
     balanced = evaluate_run(run_dir, ["eval.linear.sampling=class_balanced", "eval.linear.optimizer=lbfgs"])
     assert not balanced.reused and balanced.sampling == "class_balanced"
+
+    augmented_settings = [
+        "eval.linear.protocol=augmented",
+        "eval.linear.augmented.epochs=2",
+        "eval.linear.augmented.milestones=[1]",
+        "eval.linear.augmented.batch_size=32",
+        "eval.linear.baselines=true",
+        "ray.num_workers=2",
+    ]
+    augmented = evaluate_and_record(run_dir, augmented_settings)
+    assert augmented.protocol == "augmented" and augmented.sampling == "class_balanced"
+    assert set(augmented.networks) == {"backbone", "raw_pixels", "random_init"}
+    assert all(0 <= network.top1 <= 100 for network in augmented.networks.values())
+    assert len(client.get_metric_history(result.mlflow_run_id, "eval/augmented/backbone/top1")) == 1
+    assert len(client.get_metric_history(result.mlflow_run_id, "eval/features/backbone/top1")) == 1
 
     unfinished = tmp_path / "runs" / "unfinished"
     shutil.copytree(run_dir, unfinished)

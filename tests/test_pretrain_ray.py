@@ -9,8 +9,9 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.checkpoints import METRICS_FILE, checkpoint_metrics, latest_checkpoint, load_checkpoint
+from pipeline.cluster import ResourceError, check_resources
 from pipeline.config import ConfigError
-from pipeline.launch import ResourceError, check_resources, pretrain
+from pipeline.launch import pretrain
 from tests.support.configs import tiny_config
 
 pytestmark = pytest.mark.usefixtures("ray_session")

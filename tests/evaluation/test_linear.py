@@ -102,3 +102,19 @@ def test_thresholds_scale_for_small_data_so_every_group_is_filled() -> None:
 def test_ensemble_is_the_mean_of_logits() -> None:
     first, second = torch.tensor([[1.0, 4.0]]), torch.tensor([[3.0, 0.0]])
     torch.testing.assert_close(ensemble_logits([first, second]), torch.tensor([[2.0, 2.0]]))
+
+
+def test_class_balanced_sampler_shards_one_draw_sequence_across_ranks() -> None:
+    from pipeline.linear_train import ClassBalancedSampler
+
+    labels = torch.arange(4).repeat_interleave(torch.tensor([40, 10, 5, 1]))
+    ranks = [ClassBalancedSampler(labels, rank, 2, seed=3) for rank in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(5)
+    first, second = (list(sampler) for sampler in ranks)
+    assert len(first) == len(second) == 28
+    together = torch.tensor([index for pair in zip(first, second, strict=True) for index in pair])
+    expected = class_balanced_indices(labels, 56, torch.Generator().manual_seed(3 * 100_003 + 5))
+    assert torch.equal(together, expected)
+    ranks[0].set_epoch(6)
+    assert list(ranks[0]) != first

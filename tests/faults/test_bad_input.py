@@ -13,8 +13,9 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.checkpoints import RUN_ID_FILE
+from pipeline.cluster import ResourceError
 from pipeline.data.errors import DataError
-from pipeline.launch import ResourceError, pretrain
+from pipeline.launch import pretrain
 from tests.support.configs import tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_session")
