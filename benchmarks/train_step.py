@@ -1,17 +1,23 @@
-"""Print images/s of one full training step (forward, backward, optimiser, method state update) per method.
+"""Print images/s and peak memory of one full training step (forward, backward, optimiser, state update) per method.
 
 One process, no data loading in the timed part: each method's inputs are made once by running its
 own declared views on random images, so a new method is benchmarked without editing this file.
 Every step is ``pipeline.step.train_step``, the function the Ray training loop calls. ResNet-18 at
 32 px, batch 256 by default, with the CIFAR stem and the standard stem. Needs torch only (no Ray).
-On CUDA, ``--amp bf16 --channels-last`` measure the fast path.
+Each measurement runs in a fresh process, so its memory figure is its own: the process's peak RSS
+growth on CPU, the peak allocated CUDA memory on a GPU. On CUDA, ``--amp bf16 --channels-last``
+measure the fast path.
 Example: ``python benchmarks/train_step.py --methods moco supcon --steps 5``.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
+import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -41,8 +47,18 @@ def method_inputs(method_class: type[Method], config: ExperimentConfig, device: 
     return batch_to_device((views, labels, indices), device, config.train.channels_last)
 
 
-def measure(method_name: str, cifar_stem: bool, args: argparse.Namespace, device: torch.device) -> float:
-    """Return images/s of ``args.steps`` timed steps after ``args.warmup`` untimed ones."""
+def current_rss_mb() -> float:
+    """Return this process's resident memory in MiB (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def measure(method_name: str, cifar_stem: bool, args: argparse.Namespace) -> tuple[float, float]:
+    """Return images/s of ``args.steps`` timed steps after ``args.warmup`` untimed ones, and peak memory in MiB."""
+    device = torch.device(args.device)
+    rss_before = current_rss_mb()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     overrides = {
         "model.backbone": "resnet18",
         "model.cifar_stem": cifar_stem,
@@ -76,7 +92,10 @@ def measure(method_name: str, cifar_stem: bool, args: argparse.Namespace, device
         step(index)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return args.steps * args.batch_size / (time.perf_counter() - started)
+        memory = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
+    return args.steps * args.batch_size / (time.perf_counter() - started), memory
 
 
 def main() -> None:
@@ -92,16 +111,19 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
+    memory_kind = "peak CUDA allocated" if device.type == "cuda" else "peak RSS growth"
     print(
         f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else torch.get_num_threads()} "
         f"{'GPU' if device.type == 'cuda' else 'threads'}), ResNet-18, {args.size} px, batch {args.batch_size}, "
         f"amp {args.amp}, channels_last {args.channels_last}"
     )
+    spawn = multiprocessing.get_context("spawn")
     for method_name in args.methods or method_names():
         for cifar_stem in (True, False):
-            rate = measure(method_name, cifar_stem, args, device)
+            with spawn.Pool(1) as pool:
+                rate, memory = pool.apply(measure, (method_name, cifar_stem, args))
             stem = "cifar stem   " if cifar_stem else "standard stem"
-            print(f"{method_name:8s} {stem}  {rate:8.1f} images/s")
+            print(f"{method_name:9s} {stem}  {rate:8.1f} images/s  {memory:8.0f} MiB {memory_kind}")
 
 
 if __name__ == "__main__":

@@ -241,11 +241,19 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
-    """Apply one ``section.key=value`` command-line override to a raw config mapping."""
+    """Apply one ``section.key=value`` command-line override to a raw config mapping.
+
+    Switching ``method.name`` drops the previous method's parameters: the new method starts from its
+    own defaults (later ``method.*`` overrides still apply).
+    """
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like section.key=value")
     dotted, text = assignment.split("=", 1)
-    set_dotted(raw, dotted, parse_value(text))
+    value = parse_value(text)
+    method = raw.get("method")
+    if dotted.strip() == "method.name" and isinstance(method, dict) and method.get("name", value) != value:
+        raw["method"] = {}
+    set_dotted(raw, dotted, value)
 
 
 def load_raw(path: str | Path) -> dict[str, Any]:

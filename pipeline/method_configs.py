@@ -96,3 +96,24 @@ class SimCLRConfig(MethodConfig):
     name: Literal["simclr"] = "simclr"
     temperature: float = Field(0.5, gt=0)
     base_temperature: float = Field(0.07, gt=0)
+
+
+@register_params
+class SelfConConfig(MethodConfig):
+    """SelfCon parameters (official CIFAR recipe): one fc exit after stage 2, SupCon temperatures."""
+
+    name: Literal["selfcon"] = "selfcon"
+    variant: Literal["S", "M", "SU", "MU"] = "S"
+    exits: list[Literal["layer1", "layer2", "layer3"]] = Field(default_factory=lambda: ["layer2"], min_length=1)
+    exit_type: Literal["fc", "same"] = "fc"
+    temperature: float = Field(0.1, gt=0)
+    base_temperature: float = Field(0.07, gt=0)
+
+
+@register_params
+class SupConSConfig(MethodConfig):
+    """SupCon-S (SelfCon's single-view baseline): the backbone alone, one view, anchors without positives dropped."""
+
+    name: Literal["supcon_s"] = "supcon_s"
+    temperature: float = Field(0.1, gt=0)
+    base_temperature: float = Field(0.07, gt=0)

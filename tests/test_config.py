@@ -195,3 +195,14 @@ def test_unknown_method_lists_the_known_ones() -> None:
         load_config(None, ["method.name=nope"])
     known = str(error.value).split("expected one of ")[1].split(", ")
     assert {"moco", "simclr", "supcon"} <= set(known)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    assert load_config(path).method.name
+
+
+def test_switching_method_on_the_command_line_starts_from_its_defaults() -> None:
+    config = load_config("selfcon_synthetic.yaml", ["method.name=supcon", "method.temperature=0.2"])
+    assert config.method.name == "supcon" and config.method.temperature == 0.2
+    assert load_config("selfcon_synthetic.yaml", ["method.name=selfcon"]).method.variant == "M"

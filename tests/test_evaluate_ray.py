@@ -13,10 +13,11 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.checkpoints import load_checkpoint, write_checkpoint
+from pipeline.config import load_config, with_overrides
 from pipeline.evaluate import evaluate_and_record, evaluate_run
 from pipeline.launch import pretrain
 from pipeline.probe import EvaluationError
-from tests.support.configs import tiny_config
+from tests.support.configs import tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -101,3 +102,25 @@ def test_evaluation_lands_in_the_run_is_reused_and_refuses_unfit_runs(tmp_path: 
         )
         lines = done.stderr.strip().splitlines()
         assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
+
+
+def test_selfcon_run_reports_backbone_sub_network_and_ensemble(tmp_path: Path, mlflow_uri: str) -> None:
+    overrides = tiny_overrides(
+        tmp_path,
+        mlflow_uri,
+        **{
+            "method.name": "selfcon",
+            "method.variant": "M",
+            "ray.num_workers": 1,
+            "eval.linear.enabled": True,
+            "eval.linear.epochs": 5,
+        },
+    )
+    overrides.pop("method.queue_size")
+    result = pretrain(with_overrides(load_config("quickstart.yaml"), overrides))
+    assert set(result.evaluation) == {"backbone", "exit_layer2", "ensemble"}
+    client = MlflowClient(mlflow_uri)
+    for classifier in ("backbone", "exit_layer2", "ensemble"):
+        history = client.get_metric_history(result.mlflow_run_id, f"eval/features/{classifier}/top1")
+        assert [m.value for m in history] == [result.evaluation[classifier]["top1"]]
+    assert len(client.get_metric_history(result.mlflow_run_id, "train/selfcon")) == 2
