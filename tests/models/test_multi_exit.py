@@ -118,3 +118,15 @@ def test_proj_hidden_dim_is_used_by_every_head() -> None:
     network = MultiExitNetwork(small_backbone(), exits=["layer1", "layer3"], proj_hidden_dim=12, proj_dim=8)
     heads = [network.head, *network.exit_heads.values()]
     assert [(h.hidden_dim, h.out_dim) for h in heads] == [(12, 8)] * 3
+
+
+@pytest.mark.parametrize("exit_type", ["fc", "same"])
+@pytest.mark.parametrize("stage", ["layer1", "layer2", "layer3"])
+def test_a_single_exit_after_every_stage(stage: str, exit_type: str) -> None:
+    backbone = small_backbone()
+    network = MultiExitNetwork(backbone, exits=[stage], exit_type=exit_type, proj_dim=8)
+    x = torch.randn(2, 3, 16, 16)
+    assert [tuple(e.shape) for e in network(x)] == [(2, 8), (2, 8)]
+    assert [tuple(f.shape) for f in network.features(x)] == [(2, backbone.feature_dim)] * 2
+    if exit_type == "same":
+        assert len(network.exits[stage].stages) == 3 - backbone.stage_index(stage)
