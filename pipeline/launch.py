@@ -171,7 +171,8 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         print(f"run '{run_name}' already finished ({epochs_done}/{config.train.epochs} epochs): reporting its result")
 
     existing_run_id = read_run_id(run_dir)
-    baseline = tracking.recorded_metric(tracking_uri, existing_run_id, PIXEL_BASELINE)
+    recorded_baseline = tracking.recorded_metric(tracking_uri, existing_run_id, PIXEL_BASELINE)
+    baseline = recorded_baseline
     if config.eval.pixel_baseline and baseline is None:
         # Decodes every image of both splits: an unreadable one stops the command here, before any run is touched.
         baseline = pixel_baseline(config, sources)
@@ -186,7 +187,7 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         tracking.log_text(run, to_yaml(config), "config.yaml")
         tracking.set_tags(run, {"run_name": run_name, "run_dir": str(run_dir), "method": config.method.name})
         print(f"MLflow run {run.run_id} in {run.tracking_uri}")
-        if baseline is not None and tracking.latest_metric(run, PIXEL_BASELINE) is None:
+        if baseline is not None and recorded_baseline is None:
             tracking.log_metrics(run, {PIXEL_BASELINE: baseline}, step=0)
         if baseline is not None:
             print(f"raw-pixel kNN baseline: {baseline:.2f}%")

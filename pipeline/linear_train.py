@@ -26,7 +26,7 @@ from pipeline.cluster import check_resources, cluster_address, ensure_ray, fit, 
 from pipeline.config import ExperimentConfig, build_config
 from pipeline.data.build import build_source
 from pipeline.data.errors import DataError
-from pipeline.data.loader import build_loader
+from pipeline.data.loader import EpochLoader, build_loader
 from pipeline.data.parquet import ParquetShards
 from pipeline.data.recipes import EVAL_VIEW, HorizontalFlip, RandomResizedCrop, ViewRecipe
 from pipeline.data.views import build_view
@@ -73,7 +73,9 @@ class ClassBalancedSampler(Sampler[int]):
         return iter(draws[self.rank :: self.world_size].tolist())
 
 
-def _train_loader(config: ExperimentConfig, sampling: str, batch: int, rank: int, world: int) -> Any:
+def _train_loader(
+    config: ExperimentConfig, sampling: str, batch: int, rank: int, world: int
+) -> EpochLoader | DataLoader:
     """Return this rank's augmented training loader (uniform or class-balanced)."""
     augmented = config.eval.linear.augmented
     recipe = ViewRecipe((RandomResizedCrop(scale=tuple(augmented.crop_scale)), HorizontalFlip()))
@@ -115,10 +117,7 @@ def linear_loop_per_worker(loop_config: dict[str, Any]) -> None:
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=augmented.milestones, gamma=0.1)
     loader = _train_loader(config, loop_config["sampling"], augmented.batch_size // world, rank, world)
     for epoch in range(augmented.epochs):
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        else:
-            loader.sampler.set_epoch(epoch)
+        (loader if isinstance(loader, EpochLoader) else loader.sampler).set_epoch(epoch)
         total = torch.zeros((), device=device)
         steps = 0
         for images, labels, _ in loader:

@@ -4,7 +4,7 @@ Every branch (each exit, then the backbone) has its own projection head; their e
 stacked as views ``[B, E, D]`` and fed to ``supcon``. SelfCon-S uses one augmented view per image;
 SelfCon-M two, concatenated along the batch (``[2B, E, D]``, labels repeated). The unlabelled variants
 (SU, MU) pass no labels, so only the other branches of the same image are positives (in MU the other
-augmented view is not). SupCon-S is the single-view baseline: the backbone alone.
+augmented view is not). Its single-view baseline, SupCon-S, is ``supcon_s`` in ``pipeline.methods.supcon``.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from torch import nn
 from pipeline.config import ExperimentConfig
 from pipeline.data.recipes import ViewRecipe
 from pipeline.losses import supcon
-from pipeline.method_configs import SelfConConfig, SupConSConfig
+from pipeline.method_configs import SelfConConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
-from pipeline.methods.common import build_encoder
 from pipeline.methods.context import Batch, MethodContext, StepInfo
 from pipeline.methods.recipes import SUPCON
 from pipeline.models.backbones import build_backbone
@@ -82,36 +81,3 @@ class SelfCon(Method[SelfConConfig]):
         labels = batch.labels.repeat(len(views)) if labelled else None
         loss = supcon(features, labels, self.params.temperature, self.params.base_temperature)
         return {"loss": loss, "selfcon": loss.detach()}
-
-
-@register_method
-class SupConS(Method[SupConSConfig]):
-    """SupCon-S: one augmented view, the backbone alone; anchors whose class has no other image are dropped."""
-
-    name = "supcon_s"
-    uses_labels = True
-
-    def __init__(self, context: MethodContext) -> None:
-        super().__init__(context)
-        self.encoder = build_encoder(context.config.model, context.batch_norm)
-
-    @classmethod
-    def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
-        """Return one SupCon view."""
-        return {"view1": SUPCON}
-
-    def evaluation_networks(self) -> dict[str, nn.Module]:
-        """Return the backbone."""
-        return {"backbone": self.encoder.backbone}
-
-    def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
-        """Return SupCon over a single view ``# features [B, 1, D]``."""
-        features = F.normalize(self.encoder(batch.views["view1"]), dim=1)[:, None]
-        loss = supcon(
-            features,
-            batch.labels,
-            self.params.temperature,
-            self.params.base_temperature,
-            drop_anchors_without_positives=True,
-        )
-        return {"loss": loss, "supcon_s": loss.detach()}

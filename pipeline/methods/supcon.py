@@ -1,4 +1,4 @@
-"""SupCon (labels) and SimCLR (no labels): two augmented views through one encoder."""
+"""SupCon (labels) and SimCLR (no labels) over two views through one encoder; SupCon-S over a single view."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.config import ExperimentConfig
 from pipeline.data.recipes import ViewRecipe
 from pipeline.losses import supcon
-from pipeline.method_configs import SimCLRConfig, SupConConfig
+from pipeline.method_configs import SimCLRConfig, SupConConfig, SupConSConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
 from pipeline.methods.common import build_encoder
@@ -18,7 +18,7 @@ from pipeline.methods.recipes import SUPCON
 
 
 @register_method
-class SupCon(Method[SupConConfig | SimCLRConfig]):
+class SupCon(Method[SupConConfig | SimCLRConfig | SupConSConfig]):
     """Supervised contrastive learning over two views of each image."""
 
     name = "supcon"
@@ -57,3 +57,27 @@ class SimCLR(SupCon):
 
     name = "simclr"
     uses_labels = False
+
+
+@register_method
+class SupConS(SupCon):
+    """SupCon-S (SelfCon's baseline): one augmented view; anchors whose class has no other image are dropped."""
+
+    name = "supcon_s"
+
+    @classmethod
+    def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
+        """Return one SupCon view."""
+        return {"view1": SUPCON}
+
+    def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
+        """Return SupCon over a single view ``# features [B, 1, D]``."""
+        features = F.normalize(self.encoder(batch.views["view1"]), dim=1)[:, None]
+        loss = supcon(
+            features,
+            batch.labels,
+            self.params.temperature,
+            self.params.base_temperature,
+            drop_anchors_without_positives=True,
+        )
+        return {"loss": loss, self.name: loss.detach()}

@@ -6,6 +6,7 @@ Each interrupted attempt is a real ``python -m pipeline.pretrain`` process with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -63,10 +64,8 @@ class Attempt:
             code = self.process.wait(timeout=timeout)
         finally:
             # Ray's helper processes outlive a SIGKILLed driver; they share its process group.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         return code, self.log.read_text()
 
 

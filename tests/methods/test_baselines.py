@@ -9,20 +9,15 @@ import torch.nn.functional as F
 from pipeline.config import load_config, with_overrides
 from pipeline.losses import info_nce, supcon
 from pipeline.method_configs import params_names
-from pipeline.methods import Batch, MethodContext, StepInfo, get_method, method_names
+from pipeline.methods import Batch, StepInfo, get_method, method_names
 from pipeline.methods.common import cosine_momentum, momentum_update
 from pipeline.methods.context import resolve_batch_norm
+from tests.support.methods import make_method
 
 
 def make(method: str, **overrides: object):
-    """Return a tiny method instance (width-4 ResNet-18, CIFAR stem) on one worker."""
-    values = {"model.width": 4, "model.cifar_stem": True, "train.batch_size": 8, "data.image_size": 16}
-    values.update(overrides)
-    config = with_overrides(load_config(None, [f"method.name={method}"]), values)
-    torch.manual_seed(0)
-    method_class = get_method(method)
-    batch_norm = method_class.batch_norm(config, world_size=1)
-    return method_class(MethodContext(config, 0, 1, num_classes=5, steps_per_epoch=10, batch_norm=batch_norm))
+    """Return a tiny method instance on one worker (5 classes, batch 8)."""
+    return make_method(method, num_classes=5, batch_size=8, **overrides)
 
 
 def images(batch: int = 8) -> torch.Tensor:

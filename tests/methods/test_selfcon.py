@@ -5,20 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import load_config, with_overrides
 from pipeline.losses import supcon
-from pipeline.methods import Batch, MethodContext, StepInfo, get_method
+from pipeline.methods import Batch, StepInfo
 from pipeline.methods import selfcon as selfcon_module
+from pipeline.methods import supcon as supcon_module
+from tests.support.methods import make_method
 
 
 def make(method: str, **overrides: object):
-    """Return a tiny method (width-4 ResNet-18, CIFAR stem) on one worker."""
-    values = {"model.width": 4, "model.cifar_stem": True, "train.batch_size": 6, "data.image_size": 16}
-    values.update(overrides)
-    config = with_overrides(load_config(None, [f"method.name={method}"]), values)
-    torch.manual_seed(0)
-    method_class = get_method(method)
-    return method_class(MethodContext(config, 0, 1, 3, 10, method_class.batch_norm(config, 1)))
+    """Return a tiny method on one worker (3 classes, batch 6)."""
+    return make_method(method, num_classes=3, batch_size=6, **overrides)
 
 
 LABELS = torch.tensor([0, 1, 0, 2, 1, 0])
@@ -39,6 +35,7 @@ def captured_call(method, batch: Batch, monkeypatch: pytest.MonkeyPatch) -> tupl
         return supcon(features, labels, *args, **kwargs)
 
     monkeypatch.setattr(selfcon_module, "supcon", spy)
+    monkeypatch.setattr(supcon_module, "supcon", spy)
     method(batch, StepInfo(0, 0, 10))
     return seen["features"], seen["labels"]
 
