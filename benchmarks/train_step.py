@@ -6,8 +6,11 @@ Every step is ``pipeline.step.train_step``, the function the Ray training loop c
 32 px, batch 256 by default, with the CIFAR stem and the standard stem. Needs torch only (no Ray).
 Each measurement runs in a fresh process, so its memory figure is its own: the process's peak RSS
 growth on CPU, the peak allocated CUDA memory on a GPU. On CUDA, ``--amp bf16 --channels-last``
-measure the fast path.
-Example: ``python benchmarks/train_step.py --methods moco supcon --steps 5``.
+measure the fast path. ``--queue-sizes`` measures queue-based methods at each length and
+``--baseline`` prints each method's step-time ratio to the baseline at the same stem and queue length
+(medians over ``--repeats`` interleaved measurements).
+Examples: ``python benchmarks/train_step.py --methods moco supcon --steps 5``;
+``python benchmarks/train_step.py --methods moco ascl --queue-sizes 4096 65536 --stems cifar --repeats 3``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import argparse
 import multiprocessing
 import os
 import resource
+import statistics
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,7 @@ import torch
 from torch.utils.data import default_collate
 
 from pipeline.config import ExperimentConfig, load_config, with_overrides
+from pipeline.method_configs import method_config_class
 from pipeline.methods import Batch, Method, MethodContext, StepInfo, get_method, method_names
 from pipeline.optim import build_optimizer
 from pipeline.step import autocast_dtype, batch_to_device, train_step
@@ -53,7 +59,9 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(method_name: str, cifar_stem: bool, args: argparse.Namespace) -> tuple[float, float]:
+def measure(
+    method_name: str, cifar_stem: bool, queue_size: int | None, args: argparse.Namespace
+) -> tuple[float, float]:
     """Return images/s of ``args.steps`` timed steps after ``args.warmup`` untimed ones, and peak memory in MiB."""
     device = torch.device(args.device)
     rss_before = current_rss_mb()
@@ -68,6 +76,8 @@ def measure(method_name: str, cifar_stem: bool, args: argparse.Namespace) -> tup
         "train.amp": args.amp,
         "train.channels_last": args.channels_last,
     }
+    if queue_size is not None:
+        overrides["method.queue_size"] = queue_size
     config = with_overrides(load_config(None, [f"method.name={method_name}"]), overrides)
     method_class = get_method(method_name)
     method_class.validate(config, world_size=1)
@@ -98,14 +108,25 @@ def measure(method_name: str, cifar_stem: bool, args: argparse.Namespace) -> tup
     return args.steps * args.batch_size / (time.perf_counter() - started), memory
 
 
+def queue_sizes(method_name: str, args: argparse.Namespace) -> list[int | None]:
+    """Return the queue lengths to measure ``method_name`` at (its default when it has no queue or none given)."""
+    if args.queue_sizes and "queue_size" in method_config_class(method_name).model_fields:
+        return list(args.queue_sizes)
+    return [None]
+
+
 def main() -> None:
-    """Parse arguments and print one line per (method, stem)."""
+    """Parse arguments and print one line per (method, stem, queue length), then ratios to the baseline."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--stems", choices=["both", "cifar", "standard"], default="both")
+    parser.add_argument("--queue-sizes", nargs="+", type=int, default=None, help="for methods with a queue")
+    parser.add_argument("--baseline", default="moco", help="method the step-time ratios are printed against")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved measurements per line (median shown)")
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -115,15 +136,36 @@ def main() -> None:
     print(
         f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else torch.get_num_threads()} "
         f"{'GPU' if device.type == 'cuda' else 'threads'}), ResNet-18, {args.size} px, batch {args.batch_size}, "
-        f"amp {args.amp}, channels_last {args.channels_last}"
+        f"amp {args.amp}, channels_last {args.channels_last}, median of {args.repeats}"
     )
+    stems = {"both": (True, False), "cifar": (True,), "standard": (False,)}[args.stems]
+    cases = [
+        (method_name, cifar_stem, queue_size)
+        for method_name in args.methods or method_names()
+        for cifar_stem in stems
+        for queue_size in queue_sizes(method_name, args)
+    ]
+    measured: dict[tuple[str, bool, int | None], list[tuple[float, float]]] = defaultdict(list)
     spawn = multiprocessing.get_context("spawn")
-    for method_name in args.methods or method_names():
-        for cifar_stem in (True, False):
+    # Interleaving the repeats spreads slow drifts of the machine (thermal, other load) over every case alike.
+    for _ in range(args.repeats):
+        for case in cases:
             with spawn.Pool(1) as pool:
-                rate, memory = pool.apply(measure, (method_name, cifar_stem, args))
-            stem = "cifar stem   " if cifar_stem else "standard stem"
-            print(f"{method_name:9s} {stem}  {rate:8.1f} images/s  {memory:8.0f} MiB {memory_kind}")
+                measured[case].append(pool.apply(measure, (*case, args)))
+    rates = {case: statistics.median(rate for rate, _ in values) for case, values in measured.items()}
+    for case in cases:
+        method_name, cifar_stem, queue_size = case
+        stem = "cifar stem   " if cifar_stem else "standard stem"
+        queue = f"queue {queue_size:6d}" if queue_size is not None else " " * 12
+        memory = max(memory for _, memory in measured[case])
+        print(f"{method_name:9s} {stem} {queue}  {rates[case]:8.1f} images/s  {memory:8.0f} MiB {memory_kind}")
+    for method_name, cifar_stem, queue_size in cases:
+        baseline = (args.baseline, cifar_stem, queue_size)
+        if method_name == args.baseline or baseline not in rates:
+            continue
+        ratio = rates[baseline] / rates[(method_name, cifar_stem, queue_size)]
+        where = f"{'cifar' if cifar_stem else 'standard'} stem" + (f", queue {queue_size}" if queue_size else "")
+        print(f"{method_name} / {args.baseline} step time ({where}): x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
 
 
 if __name__ == "__main__":

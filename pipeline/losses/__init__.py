@@ -1,5 +1,39 @@
 """Pure loss functions of docs/methods.md: functions of tensors only, usable on their own."""
 
-from pipeline.losses.contrastive import info_nce, supcon
+from pipeline.losses.contrastive import (
+    contrast_accuracy,
+    contrast_logits,
+    info_nce,
+    own_key_cross_entropy,
+    soft_cross_entropy,
+    soft_info_nce,
+    supcon,
+)
+from pipeline.losses.soft import (
+    ASCL_MODES,
+    ascl_byol,
+    ascl_targets,
+    in_batch_targets,
+    neighbour_relations,
+    relation_confidence,
+    soft_byol,
+    soft_targets,
+)
 
-__all__ = ["info_nce", "supcon"]
+__all__ = [
+    "ASCL_MODES",
+    "ascl_byol",
+    "ascl_targets",
+    "contrast_accuracy",
+    "contrast_logits",
+    "in_batch_targets",
+    "info_nce",
+    "neighbour_relations",
+    "own_key_cross_entropy",
+    "relation_confidence",
+    "soft_byol",
+    "soft_cross_entropy",
+    "soft_info_nce",
+    "soft_targets",
+    "supcon",
+]

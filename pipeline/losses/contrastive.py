@@ -1,4 +1,4 @@
-"""Instance-discrimination losses: MoCo InfoNCE against a queue, and SupCon / SimCLR over several views."""
+"""Instance-discrimination losses: MoCo InfoNCE (hard or soft targets) against a queue, and SupCon / SimCLR."""
 
 from __future__ import annotations
 
@@ -8,22 +8,53 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Return the mean MoCo InfoNCE loss: cross-entropy of ``[q·k, q·queueᵀ] / T`` with target column 0.
+def contrast_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Return MoCo's logits ``[q·k, q·queueᵀ] / T`` ``# [B, 1+K]``: column 0 is each query's own key.
 
     ``q`` and ``k`` are ``[B, D]``, ``queue`` is ``[K, D]``; all are expected L2-normalised by the
     caller. Nothing is detached here: the caller decides where gradient flows (MoCo passes keys
     computed under no-grad and the queue is a buffer).
     """
     if q.dim() != 2 or k.shape != q.shape:
-        raise ValueError(f"info_nce expects q and k of equal shape [B, D], got q {tuple(q.shape)} k {tuple(k.shape)}")
+        raise ValueError(f"expected q and k of equal shape [B, D], got q {tuple(q.shape)} k {tuple(k.shape)}")
     if queue.dim() != 2 or queue.shape[1] != q.shape[1]:
-        raise ValueError(f"info_nce expects queue [K, D] with D = {q.shape[1]}, got {tuple(queue.shape)}")
+        raise ValueError(f"expected queue [K, D] with D = {q.shape[1]}, got {tuple(queue.shape)}")
     positive = (q * k).sum(dim=1, keepdim=True)  # [B, 1]
     negatives = q @ queue.T  # [B, K]
-    logits = torch.cat([positive, negatives], dim=1) / temperature  # [B, 1+K]
-    targets = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    return F.cross_entropy(logits, targets)
+    return torch.cat([positive, negatives], dim=1) / temperature
+
+
+def own_key_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Return the mean cross-entropy of ``logits [B, 1+K]`` with target column 0 (InfoNCE from its logits)."""
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Return ``mean_i −Σ_j targets_ij · log_softmax(logits)_ij`` for ``logits`` and ``targets`` ``[B, C]``."""
+    if targets.shape != logits.shape:
+        raise ValueError(f"targets {tuple(targets.shape)} must have the shape of the logits {tuple(logits.shape)}")
+    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+
+
+def contrast_accuracy(logits: torch.Tensor) -> torch.Tensor:
+    """Return the fraction of rows of ``logits [B, 1+K]`` whose largest entry is column 0 (the own key)."""
+    return (logits.argmax(dim=1) == 0).to(logits.dtype).mean()
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Return the mean MoCo InfoNCE loss: cross-entropy of ``[q·k, q·queueᵀ] / T`` with target column 0."""
+    return own_key_cross_entropy(contrast_logits(q, k, queue, temperature))
+
+
+def soft_info_nce(
+    q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Return ``mean_i −Σ_j targets_ij · log_softmax([q·k, q·queueᵀ] / T)_ij`` (ASCL's loss; targets ``[B, 1+K]``).
+
+    ``targets`` are used as given (the caller builds them without gradient, e.g. with ``ascl_targets``);
+    a one-hot column 0 makes this exactly ``info_nce``.
+    """
+    return soft_cross_entropy(contrast_logits(q, k, queue, temperature), targets)
 
 
 def supcon(

@@ -60,7 +60,11 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
         """Raise ValueError naming the key if ``config`` cannot run with this method on ``world_size`` workers."""
-        cls.batch_norm(config, world_size)
+        if cls.batch_norm(config, world_size) == "sync" and world_size > 1 and config.ray.gpus_per_worker == 0:
+            raise ValueError(
+                "model.batch_norm = 'sync' needs GPU workers (PyTorch's SyncBatchNorm under DDP runs on CUDA only); "
+                "set ray.gpus_per_worker or choose another model.batch_norm"
+            )
 
     @classmethod
     def resources(cls, config: ExperimentConfig) -> dict[str, ActorSpec]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.recipes import ViewRecipe
-from pipeline.losses import info_nce
+from pipeline.losses import contrast_accuracy, contrast_logits, own_key_cross_entropy
 from pipeline.method_configs import MocoConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
@@ -25,13 +27,16 @@ class MoCo(Method[MocoConfig]):
 
     name = "moco"
     has_momentum_encoder = True
+    # Random labels for the queue's initial random keys; False starts them at -1 (unknown).
+    random_queue_labels: ClassVar[bool] = True
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
         config = context.config
         self.online = build_encoder(config.model, context.batch_norm)
         self.momentum_encoder = momentum_copy(self.online)
-        self.queue = LabelledQueue(self.params.queue_size, config.model.proj_dim, num_classes=context.num_classes)
+        queue_classes = context.num_classes if self.random_queue_labels else None
+        self.queue = LabelledQueue(self.params.queue_size, config.model.proj_dim, num_classes=queue_classes)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
@@ -74,9 +79,11 @@ class MoCo(Method[MocoConfig]):
         """Return the InfoNCE loss of the query view against its key and the queue."""
         query = F.normalize(self.online(batch.views["query"]), dim=1)
         key = self.encode_keys(batch.views["key"], step)
-        loss = info_nce(query, key.to(query.dtype), self.queue.embeddings.to(query.dtype), self.params.temperature)
+        queue = self.queue.embeddings.to(query.dtype)
+        logits = contrast_logits(query, key.to(query.dtype), queue, self.params.temperature)
+        loss = own_key_cross_entropy(logits)
         self.stage_enqueue(key, batch.labels)
-        return {"loss": loss, "info_nce": loss.detach()}
+        return {"loss": loss, "info_nce": loss.detach(), "contrast_acc": contrast_accuracy(logits.detach())}
 
     def on_step_end(self) -> None:
         """Enqueue the keys of the step just optimised (never negatives of their own step)."""

@@ -93,6 +93,10 @@ def test_batch_norm_resolution() -> None:
     with pytest.raises(ValueError, match="model.batch_norm = 'shuffle'"):
         resolve_batch_norm("shuffle", 2, False)
     assert make("moco").context.batch_norm == "split"
+    moco = get_method("moco")
+    with pytest.raises(ValueError, match="model.batch_norm = 'sync' needs GPU workers"):
+        moco.validate(load_config(None, ["model.batch_norm=sync"]), 2)
+    moco.validate(load_config(None, ["model.batch_norm=sync", "ray.gpus_per_worker=1"]), 2)
     assert make("supcon").context.batch_norm == "plain"
 
 

@@ -1,0 +1,117 @@
+"""ASCL's adaptive soft targets (Feng & Patras 2022): sharpened key relations, their confidence, target rows.
+
+Relations come from the key, never the query: ``a = k · referenceᵀ / τ'`` over a reference set (MoCo:
+the whole queue; BYOL: the other keys of the batch). ``p = softmax(a)`` and the confidence
+``c = 1 − H(p) / log n`` (n entries in the reference set) say how peaked the relations are. A target
+row gives the own key 1 and the reference entries, by mode, ``hard``: 1 on the top ``num_neighbors``;
+``ahcl``: ``c`` on the top ``num_neighbors``; ``ascl``: ``min(1, num_neighbors · c · p_j)`` on every
+entry. Rows are then normalised to sum 1. Targets never carry gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ASCL_MODES = ("hard", "ahcl", "ascl")
+
+
+def check_mode(mode: str, num_neighbors: int, num_entries: int) -> None:
+    """Return None if ``mode`` and ``num_neighbors`` suit ``num_entries`` reference entries; raise ValueError."""
+    if mode not in ASCL_MODES:
+        raise ValueError(f"ASCL mode {mode!r} is not one of {', '.join(ASCL_MODES)}")
+    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 0:
+        raise ValueError(f"num_neighbors must be an int >= 0, got {num_neighbors!r}")
+    if num_neighbors > num_entries:
+        raise ValueError(f"num_neighbors = {num_neighbors} exceeds the {num_entries} entries it is chosen from")
+
+
+@torch.no_grad()
+def neighbour_relations(k: torch.Tensor, reference: torch.Tensor, sharpen_temperature: float) -> torch.Tensor:
+    """Return the sharpened relations ``k · referenceᵀ / τ'`` ``# [B, n]`` (no gradient)."""
+    if k.dim() != 2 or reference.dim() != 2 or reference.shape[1] != k.shape[1]:
+        raise ValueError(f"expected k [B, D] and reference [n, D], got {tuple(k.shape)} and {tuple(reference.shape)}")
+    return (k @ reference.T) / sharpen_temperature
+
+
+@torch.no_grad()
+def relation_confidence(relations: torch.Tensor) -> torch.Tensor:
+    """Return ``c = 1 − H(softmax(relations)) / log n`` per row ``# [B]``: 0 for uniform rows, 1 for one-hot rows."""
+    count = relations.shape[1]
+    log_p = torch.log_softmax(relations, dim=1)
+    entropy = -(log_p.exp() * log_p).sum(dim=1)
+    # One entry has zero entropy and log 1 = 0: it is a point mass, fully confident.
+    return 1.0 - entropy / math.log(count) if count > 1 else torch.ones_like(entropy)
+
+
+@torch.no_grad()
+def soft_targets(relations: torch.Tensor, mode: str, num_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the target rows over ``[own key, reference]`` ``# [B, 1+n]`` and the confidence ``# [B]``."""
+    check_mode(mode, num_neighbors, relations.shape[1])
+    confidence = relation_confidence(relations)
+    if num_neighbors == 0:
+        weights = torch.zeros_like(relations)
+    elif mode == "ascl":
+        weights = (num_neighbors * confidence[:, None] * torch.softmax(relations, dim=1)).clamp_max(1.0)
+    else:
+        top = relations.topk(num_neighbors, dim=1).indices  # [B, num_neighbors]
+        value = confidence[:, None].expand_as(top) if mode == "ahcl" else torch.ones_like(top, dtype=relations.dtype)
+        weights = torch.zeros_like(relations).scatter_(1, top, value.to(relations.dtype))
+    rows = torch.cat([torch.ones_like(relations[:, :1]), weights], dim=1)
+    return rows / rows.sum(dim=1, keepdim=True), confidence
+
+
+def ascl_targets(
+    k: torch.Tensor, queue: torch.Tensor, mode: str, num_neighbors: int, sharpen_temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ASCL's targets over ``[own key, queue]`` ``# [B, 1+K]`` and the confidence ``# [B]``, from the keys."""
+    return soft_targets(neighbour_relations(k, queue, sharpen_temperature), mode, num_neighbors)
+
+
+@torch.no_grad()
+def in_batch_targets(
+    k: torch.Tensor, num_neighbors: int, sharpen_temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ASCL-BYOL's in-batch targets ``# [B, B]`` (own key on the diagonal) and the confidence ``# [B]``.
+
+    Each key's relations are to the other ``B − 1`` keys of the batch, in ``ascl`` mode.
+    """
+    batch = k.shape[0]
+    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 0:
+        raise ValueError(f"num_neighbors must be an int >= 0, got {num_neighbors!r}")
+    if num_neighbors > 0 and batch < 3:
+        raise ValueError(f"in-batch soft targets need at least 3 keys (relations to B - 1 >= 2 others), got {batch}")
+    if num_neighbors == 0:
+        return torch.eye(batch, dtype=k.dtype, device=k.device), torch.zeros(batch, dtype=k.dtype, device=k.device)
+    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=k.device)
+    relations = neighbour_relations(k, k, sharpen_temperature)[off_diagonal].view(batch, batch - 1)
+    confidence = relation_confidence(relations)
+    weights = (num_neighbors * confidence[:, None] * torch.softmax(relations, dim=1)).clamp_max(1.0)
+    rows = torch.eye(batch, dtype=k.dtype, device=k.device).masked_scatter(off_diagonal, weights)
+    return rows / rows.sum(dim=1, keepdim=True), confidence
+
+
+def soft_byol(p: torch.Tensor, k: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Return ``mean_i (2 − 2 Σ_j targets_ij · p_i·k_j)`` for normalised ``p``, ``k`` ``[B, D]``, targets ``[B, B]``."""
+    if p.dim() != 2 or k.shape != p.shape:
+        raise ValueError(f"expected p and k of equal shape [B, D], got p {tuple(p.shape)} k {tuple(k.shape)}")
+    return (2.0 - 2.0 * (targets * (p @ k.T)).sum(dim=1)).mean()
+
+
+def ascl_byol(p: torch.Tensor, k: torch.Tensor, num_neighbors: int, sharpen_temperature: float) -> torch.Tensor:
+    """Return ASCL's BYOL loss: ``soft_byol`` against the in-batch soft targets of the keys (plain BYOL at 0)."""
+    targets, _ = in_batch_targets(k.detach(), num_neighbors, sharpen_temperature)
+    return soft_byol(p, k.detach(), targets)
+
+
+__all__ = [
+    "ASCL_MODES",
+    "ascl_byol",
+    "ascl_targets",
+    "in_batch_targets",
+    "neighbour_relations",
+    "relation_confidence",
+    "soft_byol",
+    "soft_targets",
+]
