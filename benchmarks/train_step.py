@@ -7,10 +7,12 @@ Every step is ``pipeline.step.train_step``, the function the Ray training loop c
 Each measurement runs in a fresh process, so its memory figure is its own: the process's peak RSS
 growth on CPU, the peak allocated CUDA memory on a GPU. On CUDA, ``--amp bf16 --channels-last``
 measure the fast path. ``--queue-sizes`` measures queue-based methods at each length and
-``--baseline`` prints each method's step-time ratio to the baseline at the same stem and queue length
-(medians over ``--repeats`` interleaved measurements).
+``--baseline`` prints each method's step-time ratio to the baselines at the same stem and queue length
+(medians over ``--repeats`` interleaved measurements). A method may carry its own parameters as
+``name:key=value,key=value`` (keys under ``method.``), e.g. ``dscl:pbsd.enabled=false``.
 Examples: ``python benchmarks/train_step.py --methods moco supcon --steps 5``;
-``python benchmarks/train_step.py --methods moco ascl --queue-sizes 4096 65536 --stems cifar --repeats 3``.
+``python benchmarks/train_step.py --methods moco ascl --queue-sizes 4096 65536 --stems cifar --repeats 3``;
+``python benchmarks/train_step.py --methods moco dscl:pbsd.enabled=false dscl --baseline moco dscl:pbsd.enabled=false``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
+import yaml
 from torch.utils.data import default_collate
 
 from pipeline.config import ExperimentConfig, load_config, with_overrides
@@ -59,6 +62,18 @@ def current_rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def parse_method(spec: str) -> tuple[str, dict[str, object]]:
+    """Return the method name and its ``method.*`` overrides from ``name[:key=value,...]``."""
+    name, _, settings = spec.partition(":")
+    overrides: dict[str, object] = {}
+    for setting in filter(None, settings.split(",")):
+        key, equals, value = setting.partition("=")
+        if not equals:
+            raise SystemExit(f"--methods {spec!r}: expected key=value after ':', got {setting!r}")
+        overrides[f"method.{key}"] = yaml.safe_load(value)
+    return name, overrides
+
+
 def measure(
     method_name: str, cifar_stem: bool, queue_size: int | None, args: argparse.Namespace
 ) -> tuple[float, float]:
@@ -78,7 +93,8 @@ def measure(
     }
     if queue_size is not None:
         overrides["method.queue_size"] = queue_size
-    config = with_overrides(load_config(None, [f"method.name={method_name}"]), overrides)
+    method_name, method_overrides = parse_method(method_name)
+    config = with_overrides(load_config(None, [f"method.name={method_name}"]), {**overrides, **method_overrides})
     method_class = get_method(method_name)
     method_class.validate(config, world_size=1)
     total = args.warmup + args.steps
@@ -110,7 +126,7 @@ def measure(
 
 def queue_sizes(method_name: str, args: argparse.Namespace) -> list[int | None]:
     """Return the queue lengths to measure ``method_name`` at (its default when it has no queue or none given)."""
-    if args.queue_sizes and "queue_size" in method_config_class(method_name).model_fields:
+    if args.queue_sizes and "queue_size" in method_config_class(parse_method(method_name)[0]).model_fields:
         return list(args.queue_sizes)
     return [None]
 
@@ -125,7 +141,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--stems", choices=["both", "cifar", "standard"], default="both")
     parser.add_argument("--queue-sizes", nargs="+", type=int, default=None, help="for methods with a queue")
-    parser.add_argument("--baseline", default="moco", help="method the step-time ratios are printed against")
+    parser.add_argument(
+        "--baseline", nargs="+", default=["moco"], help="methods the step-time ratios are printed against"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved measurements per line (median shown)")
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     parser.add_argument("--channels-last", action="store_true")
@@ -158,14 +176,15 @@ def main() -> None:
         stem = "cifar stem   " if cifar_stem else "standard stem"
         queue = f"queue {queue_size:6d}" if queue_size is not None else " " * 12
         memory = max(memory for _, memory in measured[case])
-        print(f"{method_name:9s} {stem} {queue}  {rates[case]:8.1f} images/s  {memory:8.0f} MiB {memory_kind}")
-    for method_name, cifar_stem, queue_size in cases:
-        baseline = (args.baseline, cifar_stem, queue_size)
-        if method_name == args.baseline or baseline not in rates:
-            continue
-        ratio = rates[baseline] / rates[(method_name, cifar_stem, queue_size)]
-        where = f"{'cifar' if cifar_stem else 'standard'} stem" + (f", queue {queue_size}" if queue_size else "")
-        print(f"{method_name} / {args.baseline} step time ({where}): x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
+        print(f"{method_name:24s} {stem} {queue}  {rates[case]:8.1f} images/s  {memory:8.0f} MiB {memory_kind}")
+    for reference in args.baseline:
+        for method_name, cifar_stem, queue_size in cases:
+            baseline = (reference, cifar_stem, queue_size)
+            if method_name == reference or baseline not in rates:
+                continue
+            ratio = rates[baseline] / rates[(method_name, cifar_stem, queue_size)]
+            where = f"{'cifar' if cifar_stem else 'standard'} stem" + (f", queue {queue_size}" if queue_size else "")
+            print(f"{method_name} / {reference} step time ({where}): x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
 
 
 if __name__ == "__main__":

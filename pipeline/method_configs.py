@@ -14,7 +14,7 @@ import importlib
 import os
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from pipeline.section import Section
 
@@ -153,3 +153,46 @@ class AsclByolConfig(MethodConfig):
     predictor_hidden_dim: int = Field(512, ge=1)
     momentum: float = Field(0.99, ge=0, le=1)
     momentum_schedule: Literal["constant", "cosine"] = "constant"
+
+
+class PbsdConfig(Section):
+    """Patch-based self-distillation: patches per query image, their area range, and the loss weight λ."""
+
+    enabled: bool = False
+    weight: float = Field(1.5, ge=0)
+    num_patches: int = Field(5, ge=1)
+    scale: tuple[float, float] = (0.05, 0.6)
+
+    @field_validator("scale")
+    @classmethod
+    def _ordered_fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
+        return value
+
+
+class DsclPbsdConfig(PbsdConfig):
+    """PBSD as DSCL ships it: on (a class of its own so that ``--set method.pbsd.weight=2`` keeps it on)."""
+
+    enabled: bool = True
+
+
+@register_params
+class SclConfig(MethodConfig):
+    """SCL, DSCL's baseline (official recipe): supervised contrast with a labelled queue and uniform weights."""
+
+    name: Literal["scl"] = "scl"
+    temperature: float = Field(0.07, gt=0)
+    queue_size: int = Field(65536, ge=1)
+    momentum: float = Field(0.999, ge=0, le=1)
+    momentum_schedule: Literal["constant", "cosine"] = "constant"
+    pbsd: PbsdConfig = PbsdConfig()
+
+
+@register_params
+class DsclConfig(SclConfig):
+    """DSCL + PBSD (official long-tailed recipe): the own key weighs alpha, the class positives share 1 - alpha."""
+
+    name: Literal["dscl"] = "dscl"  # type: ignore[assignment]
+    alpha: float = Field(1 / 9, ge=0, le=1)
+    pbsd: DsclPbsdConfig = DsclPbsdConfig()

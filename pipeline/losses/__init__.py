@@ -9,6 +9,7 @@ from pipeline.losses.contrastive import (
     soft_info_nce,
     supcon,
 )
+from pipeline.losses.longtail import class_positive_count, dscl, pbsd, scl
 from pipeline.losses.soft import (
     ASCL_MODES,
     ascl_byol,
@@ -24,13 +25,17 @@ __all__ = [
     "ASCL_MODES",
     "ascl_byol",
     "ascl_targets",
+    "class_positive_count",
     "contrast_accuracy",
     "contrast_logits",
+    "dscl",
     "in_batch_targets",
     "info_nce",
     "neighbour_relations",
     "own_key_cross_entropy",
+    "pbsd",
     "relation_confidence",
+    "scl",
     "soft_byol",
     "soft_cross_entropy",
     "soft_info_nce",

@@ -33,7 +33,9 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     """Return ``mean_i −Σ_j targets_ij · log_softmax(logits)_ij`` for ``logits`` and ``targets`` ``[B, C]``."""
     if targets.shape != logits.shape:
         raise ValueError(f"targets {tuple(targets.shape)} must have the shape of the logits {tuple(logits.shape)}")
-    return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
+    # −Σ t·(z − lse(z)) = lse(z)·Σ t − Σ t·z: two row reductions, no [B, C] log-probabilities kept for backward.
+    log_normaliser = torch.logsumexp(logits, dim=1)
+    return (log_normaliser * targets.sum(dim=1) - torch.einsum("ij,ij->i", targets, logits)).mean()
 
 
 def contrast_accuracy(logits: torch.Tensor) -> torch.Tensor:

@@ -35,31 +35,42 @@ def neighbour_relations(k: torch.Tensor, reference: torch.Tensor, sharpen_temper
     return (k @ reference.T) / sharpen_temperature
 
 
+def _softmax_and_confidence(relations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``p = softmax(relations)`` ``# [B, n]`` and ``c = 1 − H(p) / log n`` ``# [B]`` (two passes over rows)."""
+    count = relations.shape[1]
+    log_normaliser = torch.logsumexp(relations, dim=1, keepdim=True)  # [B, 1]
+    p = (relations - log_normaliser).exp_()
+    # H(p) = log Σ exp(a) − Σ p·a: no [B, n] log-probabilities are materialised.
+    entropy = log_normaliser.squeeze(1) - torch.einsum("ij,ij->i", p, relations)
+    if count == 1:
+        # One entry has zero entropy and log 1 = 0: it is a point mass, fully confident.
+        return p, torch.ones_like(entropy)
+    return p, (1.0 - entropy / math.log(count)).clamp_(0.0, 1.0)
+
+
 @torch.no_grad()
 def relation_confidence(relations: torch.Tensor) -> torch.Tensor:
     """Return ``c = 1 − H(softmax(relations)) / log n`` per row ``# [B]``: 0 for uniform rows, 1 for one-hot rows."""
-    count = relations.shape[1]
-    log_p = torch.log_softmax(relations, dim=1)
-    entropy = -(log_p.exp() * log_p).sum(dim=1)
-    # One entry has zero entropy and log 1 = 0: it is a point mass, fully confident.
-    return 1.0 - entropy / math.log(count) if count > 1 else torch.ones_like(entropy)
+    return _softmax_and_confidence(relations)[1]
 
 
 @torch.no_grad()
 def soft_targets(relations: torch.Tensor, mode: str, num_neighbors: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the target rows over ``[own key, reference]`` ``# [B, 1+n]`` and the confidence ``# [B]``."""
     check_mode(mode, num_neighbors, relations.shape[1])
-    confidence = relation_confidence(relations)
-    if num_neighbors == 0:
-        weights = torch.zeros_like(relations)
-    elif mode == "ascl":
-        weights = (num_neighbors * confidence[:, None] * torch.softmax(relations, dim=1)).clamp_max(1.0)
-    else:
+    p, confidence = _softmax_and_confidence(relations)
+    batch, count = relations.shape
+    # The rows are written in place into one [B, 1+n] buffer: at n = 65536 every extra pass costs.
+    rows = relations.new_zeros(batch, 1 + count)
+    rows[:, 0] = 1.0
+    if num_neighbors > 0 and mode == "ascl":
+        torch.mul(p, (num_neighbors * confidence)[:, None], out=rows[:, 1:])
+        rows[:, 1:].clamp_max_(1.0)
+    elif num_neighbors > 0:
         top = relations.topk(num_neighbors, dim=1).indices  # [B, num_neighbors]
         value = confidence[:, None].expand_as(top) if mode == "ahcl" else torch.ones_like(top, dtype=relations.dtype)
-        weights = torch.zeros_like(relations).scatter_(1, top, value.to(relations.dtype))
-    rows = torch.cat([torch.ones_like(relations[:, :1]), weights], dim=1)
-    return rows / rows.sum(dim=1, keepdim=True), confidence
+        rows[:, 1:].scatter_(1, top, value.to(relations.dtype))
+    return rows.div_(rows.sum(dim=1, keepdim=True)), confidence
 
 
 def ascl_targets(
@@ -86,8 +97,8 @@ def in_batch_targets(
         return torch.eye(batch, dtype=k.dtype, device=k.device), torch.zeros(batch, dtype=k.dtype, device=k.device)
     off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=k.device)
     relations = neighbour_relations(k, k, sharpen_temperature)[off_diagonal].view(batch, batch - 1)
-    confidence = relation_confidence(relations)
-    weights = (num_neighbors * confidence[:, None] * torch.softmax(relations, dim=1)).clamp_max(1.0)
+    p, confidence = _softmax_and_confidence(relations)
+    weights = (num_neighbors * confidence[:, None] * p).clamp_max(1.0)
     rows = torch.eye(batch, dtype=k.dtype, device=k.device).masked_scatter(off_diagonal, weights)
     return rows / rows.sum(dim=1, keepdim=True), confidence
 
