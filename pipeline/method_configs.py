@@ -178,14 +178,11 @@ class DsclPbsdConfig(PbsdConfig):
 
 
 @register_params
-class SclConfig(MethodConfig):
+class SclConfig(MocoConfig):
     """SCL, DSCL's baseline (official recipe): supervised contrast with a labelled queue and uniform weights."""
 
-    name: Literal["scl"] = "scl"
+    name: Literal["scl"] = "scl"  # type: ignore[assignment]
     temperature: float = Field(0.07, gt=0)
-    queue_size: int = Field(65536, ge=1)
-    momentum: float = Field(0.999, ge=0, le=1)
-    momentum_schedule: Literal["constant", "cosine"] = "constant"
     pbsd: PbsdConfig = PbsdConfig()
 
 

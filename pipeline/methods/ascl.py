@@ -53,6 +53,17 @@ def neighbour_agreement(
     return agree.sum().float() / known.sum().clamp_min(1).float()
 
 
+def target_class_precision(targets: torch.Tensor, labels: torch.Tensor, queue_labels: torch.Tensor) -> torch.Tensor:
+    """Return the share of the target weight on queue entries ``targets[:, 1:]`` that lies on the anchor's class.
+
+    Unlike ``neighbour_agreement`` it weighs every entry by its target, so it also judges ``ascl`` mode,
+    which spreads weight over the whole queue. Entries or anchors with unknown labels count as wrong.
+    """
+    same = (queue_labels[None, :] == labels[:, None]) & (labels[:, None] >= 0)  # [B, K]
+    queue_weight = targets[:, 1:]
+    return (queue_weight * same).sum() / queue_weight.sum().clamp_min(torch.finfo(targets.dtype).tiny)
+
+
 @register_method
 class Ascl(MoCo):
     """ASCL on MoCo v2: strong query, weak key; soft targets over ``[own key, queue]`` (modes hard, ahcl, ascl)."""
@@ -88,6 +99,8 @@ class Ascl(MoCo):
         if self.context.num_classes > 1:
             count = max(params.num_neighbors, 1)
             metrics["neighbour_agreement"] = neighbour_agreement(relations, batch.labels, self.queue.labels, count)
+            if params.num_neighbors > 0:
+                metrics["target_class_precision"] = target_class_precision(targets, batch.labels, self.queue.labels)
         return metrics
 
 

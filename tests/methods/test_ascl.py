@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pipeline.config import load_config, with_overrides
 from pipeline.losses import ascl_byol, ascl_targets, info_nce, soft_info_nce
 from pipeline.methods import Batch, StepInfo
-from pipeline.methods.ascl import neighbour_agreement
+from pipeline.methods.ascl import neighbour_agreement, target_class_precision
 from pipeline.methods.recipes import ASCL_WEAK, MOCO_V2
 from tests.support.methods import make_method
 
@@ -74,6 +74,7 @@ def test_ascl_loss_is_soft_info_nce_against_targets_from_the_key(mode: str) -> N
         "confidence",
         "own_key_weight",
         "neighbour_agreement",
+        "target_class_precision",
     }
 
 
@@ -112,6 +113,14 @@ def test_neighbour_agreement_counts_known_pairs_only() -> None:
     torch.testing.assert_close(value, torch.tensor(1 / 3))
     unlabelled = neighbour_agreement(relations, torch.tensor([-1, -1]), reference_labels, 2)
     assert float(unlabelled) == 0.0
+
+
+def test_target_class_precision_weighs_entries_by_their_target() -> None:
+    targets = torch.tensor([[0.5, 0.3, 0.2, 0.0], [1.0, 0.0, 0.0, 0.0], [0.4, 0.1, 0.1, 0.4]])
+    queue_labels = torch.tensor([1, 2, -1])
+    # Row 0 (label 1): 0.3 of 0.5 on its class; row 1 has no queue weight; row 2 (label 2): 0.1 of 0.6.
+    value = target_class_precision(targets, torch.tensor([1, 0, 2]), queue_labels)
+    torch.testing.assert_close(value, torch.tensor(0.4 / 1.1))
 
 
 def test_ascl_byol_loss_and_gradients() -> None:
