@@ -10,6 +10,14 @@ from pipeline.losses.contrastive import (
     supcon,
 )
 from pipeline.losses.longtail import class_positive_count, dscl, pbsd, scl
+from pipeline.losses.prototypes import (
+    cluster_concentration,
+    icsc,
+    icsc_selection_probs,
+    pcsc,
+    pcsc_negative_ids,
+    pcsc_selection_probs,
+)
 from pipeline.losses.soft import (
     ASCL_MODES,
     ascl_byol,
@@ -26,14 +34,20 @@ __all__ = [
     "ascl_byol",
     "ascl_targets",
     "class_positive_count",
+    "cluster_concentration",
     "contrast_accuracy",
     "contrast_logits",
     "dscl",
+    "icsc",
+    "icsc_selection_probs",
     "in_batch_targets",
     "info_nce",
     "neighbour_relations",
     "own_key_cross_entropy",
     "pbsd",
+    "pcsc",
+    "pcsc_negative_ids",
+    "pcsc_selection_probs",
     "relation_confidence",
     "scl",
     "soft_byol",

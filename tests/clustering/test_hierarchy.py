@@ -1,0 +1,68 @@
+"""Hierarchical k-means: composed assignments, parent maps, concentration, determinism and size checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.clustering import hierarchical_kmeans
+
+
+def blobs(seed: int = 0) -> np.ndarray:
+    """Return 600 normalised 16-d points around 30 random directions."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((30, 16))
+    points = centres[rng.integers(0, 30, size=600)] + 0.1 * rng.standard_normal((600, 16))
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_levels_are_consistent_and_compose_upward() -> None:
+    hierarchy = hierarchical_kmeans(blobs(), [40, 12, 4], niter=10, nredo=2)
+    assert hierarchy.sizes == [40, 12, 4] and hierarchy.device == "cpu"
+    for index, level in enumerate(hierarchy.levels):
+        assert level.assignments.shape == (600,)  # every image assigned at every level
+        assert level.assignments.min() >= 0 and level.assignments.max() < level.size
+        np.testing.assert_allclose(np.linalg.norm(level.centroids, axis=1), 1.0, rtol=1e-5)
+        assert level.concentration.shape == (level.size,)
+        assert level.concentration.mean() == pytest.approx(0.2, rel=1e-5)
+        if index + 1 < len(hierarchy.levels):
+            upper = hierarchy.levels[index + 1]
+            assert level.parents is not None and level.parents.shape == (level.size,)
+            # Same cluster at level l implies same cluster at l + 1: the image's upper cluster is its parent's.
+            np.testing.assert_array_equal(upper.assignments, level.parents[level.assignments])
+        else:
+            assert level.parents is None
+
+
+def test_same_seed_same_hierarchy_and_torch_input() -> None:
+    points = blobs(1)
+    first = hierarchical_kmeans(points, [20, 5], niter=5, nredo=1, seed=3)
+    second = hierarchical_kmeans(torch.from_numpy(points), [20, 5], niter=5, nredo=1, seed=3)
+    for a, b in zip(first.levels, second.levels, strict=True):
+        np.testing.assert_array_equal(a.assignments, b.assignments)
+        np.testing.assert_array_equal(a.centroids, b.centroids)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ([700, 10], "level 0 has 700 clusters but there are only 600 points"),
+        ([40, 40], "must shrink level by level, got 40 clusters above 40"),
+        ([40, 60], "must shrink level by level"),
+        ([], "non-empty list of positive ints"),
+        ([40, 0], "non-empty list of positive ints"),
+    ],
+)
+def test_bad_sizes_are_one_clear_error(sizes: list[int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        hierarchical_kmeans(blobs(), sizes)
+
+
+def test_gpu_demanded_without_faiss_gpu_is_refused() -> None:
+    from pipeline.clustering import faiss_gpu_available
+
+    if faiss_gpu_available():
+        pytest.skip("this machine's FAISS has a GPU: the refusal path cannot be reached")
+    with pytest.raises(ValueError, match="use_gpu=True but this FAISS build has no GPU"):
+        hierarchical_kmeans(blobs(), [10], use_gpu=True)
