@@ -24,9 +24,11 @@ from pipeline.losses.soft import (
     ascl_targets,
     in_batch_targets,
     neighbour_relations,
+    off_diagonal,
     relation_confidence,
     soft_byol,
     soft_targets,
+    with_diagonal,
 )
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "in_batch_targets",
     "info_nce",
     "neighbour_relations",
+    "off_diagonal",
     "own_key_cross_entropy",
     "pbsd",
     "pcsc",
@@ -55,4 +58,5 @@ __all__ = [
     "soft_info_nce",
     "soft_targets",
     "supcon",
+    "with_diagonal",
 ]

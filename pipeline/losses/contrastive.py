@@ -30,7 +30,7 @@ def own_key_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Return ``mean_i −Σ_j targets_ij · log_softmax(logits)_ij`` for ``logits`` and ``targets`` ``[B, C]``."""
+    """Return ``mean_i −Σ_j targets_ij · log_softmax(logits)_ij`` for finite ``logits`` and ``targets`` ``[B, C]``."""
     if targets.shape != logits.shape:
         raise ValueError(f"targets {tuple(targets.shape)} must have the shape of the logits {tuple(logits.shape)}")
     # −Σ t·(z − lse(z)) = lse(z)·Σ t − Σ t·z: two row reductions, no [B, C] log-probabilities kept for backward.

@@ -41,7 +41,11 @@ def cluster_concentration(
     phi = torch.where(populated, phi, largest)
     low, high = torch.quantile(phi, torch.tensor([0.1, 0.9], dtype=dtype, device=phi.device))
     phi = phi.clamp(low, high)
-    return temperature * phi / phi.mean()
+    mean = phi.mean()
+    if not bool(mean > 0):
+        # Every cluster has zero spread (collapsed or duplicate embeddings): no cluster is tighter than another.
+        return torch.full_like(phi, temperature)
+    return temperature * phi / mean
 
 
 def icsc_selection_probs(
@@ -74,7 +78,8 @@ def icsc(
     for mask in masks:  # one term per hierarchy level (a handful), never per sample
         if mask.shape != negatives.shape:
             raise ValueError(f"icsc masks must be [B, K] = {tuple(negatives.shape)}, got {tuple(mask.shape)}")
-        total = total + own_key_cross_entropy(torch.cat([positive, negatives * mask], dim=1) / temperature)
+        kept = negatives * mask.to(negatives.dtype)
+        total = total + own_key_cross_entropy(torch.cat([positive, kept], dim=1) / temperature)
     return total
 
 
@@ -122,7 +127,7 @@ def pcsc(
     if mask is not None:
         if mask.shape != negatives.shape:
             raise ValueError(f"pcsc mask must be [B, M] = {tuple(negatives.shape)}, got {tuple(mask.shape)}")
-        negatives = negatives * mask
+        negatives = negatives * mask.to(negatives.dtype)
     negatives = negatives / concentration[negative_ids][None, :]
     return own_key_cross_entropy(torch.cat([positive, negatives], dim=1))
 

@@ -80,6 +80,22 @@ def ascl_targets(
     return soft_targets(neighbour_relations(k, queue, sharpen_temperature), mode, num_neighbors)
 
 
+def off_diagonal(square: torch.Tensor) -> torch.Tensor:
+    """Return the off-diagonal entries of ``square [B, B, ...]`` row by row ``# [B, B-1, ...]`` (no host sync)."""
+    batch = square.shape[0]
+    rest = square.shape[2:]
+    # Dropping the first element leaves B-1 rows of B+1 whose last entry is the next diagonal element.
+    flat = square.reshape(batch * batch, *rest)[1:].reshape(batch - 1, batch + 1, *rest)
+    return flat[:, :-1].reshape(batch, batch - 1, *rest)
+
+
+def with_diagonal(off: torch.Tensor, value: float) -> torch.Tensor:
+    """Return ``[B, B]`` with ``off [B, B-1]`` off the diagonal and ``value`` on it (inverse of ``off_diagonal``)."""
+    batch = off.shape[0]
+    padded = torch.cat([off.reshape(batch - 1, batch), off.new_full((batch - 1, 1), value)], dim=1)
+    return torch.cat([off.new_full((1,), value), padded.reshape(-1)]).view(batch, batch)
+
+
 @torch.no_grad()
 def in_batch_targets(
     k: torch.Tensor, num_neighbors: int, sharpen_temperature: float
@@ -95,11 +111,10 @@ def in_batch_targets(
         raise ValueError(f"in-batch soft targets need at least 3 keys (relations to B - 1 >= 2 others), got {batch}")
     if num_neighbors == 0:
         return torch.eye(batch, dtype=k.dtype, device=k.device), torch.zeros(batch, dtype=k.dtype, device=k.device)
-    off_diagonal = ~torch.eye(batch, dtype=torch.bool, device=k.device)
-    relations = neighbour_relations(k, k, sharpen_temperature)[off_diagonal].view(batch, batch - 1)
+    relations = off_diagonal(neighbour_relations(k, k, sharpen_temperature))  # [B, B-1]
     p, confidence = _softmax_and_confidence(relations)
     weights = (num_neighbors * confidence[:, None] * p).clamp_max(1.0)
-    rows = torch.eye(batch, dtype=k.dtype, device=k.device).masked_scatter(off_diagonal, weights)
+    rows = with_diagonal(weights, 1.0)
     return rows / rows.sum(dim=1, keepdim=True), confidence
 
 
@@ -122,7 +137,9 @@ __all__ = [
     "ascl_targets",
     "in_batch_targets",
     "neighbour_relations",
+    "off_diagonal",
     "relation_confidence",
     "soft_byol",
     "soft_targets",
+    "with_diagonal",
 ]

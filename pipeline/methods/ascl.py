@@ -18,6 +18,7 @@ from pipeline.losses import (
     contrast_logits,
     in_batch_targets,
     neighbour_relations,
+    off_diagonal,
     soft_byol,
     soft_cross_entropy,
     soft_targets,
@@ -82,12 +83,13 @@ class Ascl(MoCo):
         query = F.normalize(self.online(batch.views["query"]), dim=1)
         key = self.encode_keys(batch.views["key"], step)
         queue = self.queue.embeddings
-        # Targets are built in float32 outside autocast: the entropy of a 4096-way softmax needs the precision.
+        # Targets and the soft cross-entropy run in float32 outside autocast: the entropy of a 4096-way
+        # softmax and targets of 1/(K+1) need the precision. The logits' matmul stays MoCo's.
+        logits = contrast_logits(query, key.to(query.dtype), queue.to(query.dtype), params.temperature)
         with torch.autocast(key.device.type, enabled=False):
             relations = neighbour_relations(key.float(), queue.float(), params.sharpen_temperature)  # [B, K]
             targets, confidence = soft_targets(relations, params.mode, params.num_neighbors)  # [B, 1+K], [B]
-        logits = contrast_logits(query, key.to(query.dtype), queue.to(query.dtype), params.temperature)
-        loss = soft_cross_entropy(logits.float(), targets)
+            loss = soft_cross_entropy(logits.float(), targets)
         self.stage_enqueue(key, batch.labels)
         metrics = {
             "loss": loss,
@@ -166,7 +168,7 @@ class AsclByol(Method[AsclByolConfig]):
             key = F.normalize(self.momentum_encoder(batch.views["key"]), dim=1)
         with torch.autocast(key.device.type, enabled=False):
             targets, confidence = in_batch_targets(key.float(), params.num_neighbors, params.sharpen_temperature)
-        loss = soft_byol(prediction.float(), key.float(), targets)
+            loss = soft_byol(prediction.float(), key.float(), targets)
         metrics = {
             "loss": loss,
             "soft_byol": loss.detach(),
@@ -174,11 +176,10 @@ class AsclByol(Method[AsclByolConfig]):
             "own_key_weight": targets.diagonal().mean(),
         }
         if self.context.num_classes > 1 and batch.size > 1:
-            others = ~torch.eye(batch.size, dtype=torch.bool, device=key.device)
             with torch.autocast(key.device.type, enabled=False):
-                relations = neighbour_relations(key.float(), key.float(), params.sharpen_temperature)
-            relations = relations[others].view(batch.size, -1)  # [B, B-1]: every other key of the batch
-            other_labels = batch.labels[None, :].expand(batch.size, -1)[others].view(batch.size, -1)
+                # Ranking needs no sharpening: the plain similarities to every other key of the batch.
+                relations = off_diagonal(key.float() @ key.float().T)  # [B, B-1]
+            other_labels = off_diagonal(batch.labels[None, :].expand(batch.size, -1))  # [B, B-1]
             count = min(max(params.num_neighbors, 1), batch.size - 1)
             metrics["neighbour_agreement"] = neighbour_agreement(relations, batch.labels, other_labels, count)
         return metrics

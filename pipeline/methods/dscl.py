@@ -41,8 +41,11 @@ def roi_patch_features(feature_map: torch.Tensor, boxes: torch.Tensor, total_str
     ``boxes [B, L, 4]`` are in input pixels; ``1 / total_stride`` maps them onto the feature map
     (``aligned=False``, as the official code).
     """
-    rois = patch_boxes_to_rois(boxes.to(feature_map.dtype))
-    pooled = roi_align(feature_map, rois, output_size=ROI_OUTPUT, spatial_scale=1.0 / total_stride, aligned=False)
+    # float32 boxes: in bf16 image indices above 256 and sub-pixel corners would be rounded.
+    rois = patch_boxes_to_rois(boxes.float())
+    pooled = roi_align(
+        feature_map.float(), rois, output_size=ROI_OUTPUT, spatial_scale=1.0 / total_stride, aligned=False
+    )
     return pooled.mean(dim=(2, 3))
 
 
@@ -80,8 +83,9 @@ class Scl(MoCo):
         query = F.normalize(online.head(global_avg_pool(feature_map)), dim=1)
         key = self.encode_keys(batch.views["key"], step)
         queue, queue_labels = self.queue.embeddings, self.queue.labels
-        # The losses run in float32: DSCL's weights (1/9 and 8/9 shared over hundreds of positives) need it.
-        contrast = self.supervised_loss(query.float(), key.float(), batch.labels, queue.float(), queue_labels)
+        # The losses run in float32 outside autocast: T = 0.07 magnifies bf16's cosine error to 0.03 per logit.
+        with torch.autocast(key.device.type, enabled=False):
+            contrast = self.supervised_loss(query.float(), key.float(), batch.labels, queue.float(), queue_labels)
         metrics = {
             "loss": contrast,
             self.name: contrast.detach(),
@@ -108,7 +112,8 @@ class Scl(MoCo):
         # Image-major [B*L, D] rows become the loss's patch-major [L, B, D].
         teacher = teacher.view(batch, count, -1).transpose(0, 1).float()
         student = student.view(batch, count, -1).transpose(0, 1).float()
-        return pbsd(teacher, student, key.float(), self.queue.embeddings.float(), self.params.temperature)
+        with torch.autocast(key.device.type, enabled=False):
+            return pbsd(teacher, student, key.float(), self.queue.embeddings.float(), self.params.temperature)
 
 
 @register_method

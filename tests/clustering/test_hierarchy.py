@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.clustering import hierarchical_kmeans
+from pipeline.clustering import faiss_gpu_available, hierarchical_kmeans
+from pipeline.losses import cluster_concentration
 
 
 def blobs(seed: int = 0) -> np.ndarray:
@@ -19,7 +20,8 @@ def blobs(seed: int = 0) -> np.ndarray:
 
 def test_levels_are_consistent_and_compose_upward() -> None:
     hierarchy = hierarchical_kmeans(blobs(), [40, 12, 4], niter=10, nredo=2)
-    assert hierarchy.sizes == [40, 12, 4] and hierarchy.device == "cpu"
+    assert hierarchy.sizes == [40, 12, 4]
+    assert hierarchy.device == ("gpu" if faiss_gpu_available() else "cpu")
     for index, level in enumerate(hierarchy.levels):
         assert level.assignments.shape == (600,)  # every image assigned at every level
         assert level.assignments.min() >= 0 and level.assignments.max() < level.size
@@ -33,6 +35,16 @@ def test_levels_are_consistent_and_compose_upward() -> None:
             np.testing.assert_array_equal(upper.assignments, level.parents[level.assignments])
         else:
             assert level.parents is None
+
+
+def test_concentration_is_measured_against_the_unnormalised_centroids() -> None:
+    points = blobs(2)
+    level = hierarchical_kmeans(points, [25], niter=10, nredo=1).levels[0]
+    # Recompute φ from scratch: members' distances to their cluster's mean (k-means' unnormalised centroid).
+    raw = np.stack([points[level.assignments == c].mean(axis=0) for c in range(25)])
+    sq = ((points - raw[level.assignments]) ** 2).sum(axis=1)
+    expected = cluster_concentration(torch.from_numpy(sq.astype(np.float64)), torch.from_numpy(level.assignments), 25)
+    np.testing.assert_allclose(level.concentration, expected.numpy(), rtol=1e-3)
 
 
 def test_same_seed_same_hierarchy_and_torch_input() -> None:
@@ -60,8 +72,6 @@ def test_bad_sizes_are_one_clear_error(sizes: list[int], message: str) -> None:
 
 
 def test_gpu_demanded_without_faiss_gpu_is_refused() -> None:
-    from pipeline.clustering import faiss_gpu_available
-
     if faiss_gpu_available():
         pytest.skip("this machine's FAISS has a GPU: the refusal path cannot be reached")
     with pytest.raises(ValueError, match="use_gpu=True but this FAISS build has no GPU"):

@@ -51,6 +51,12 @@ def test_concentration_matches_reference() -> None:
     torch.testing.assert_close(mine.mean(), torch.tensor(0.2, dtype=torch.float64))
 
 
+def test_concentration_of_clusters_without_spread_is_the_temperature() -> None:
+    assignments = torch.tensor([0, 0, 1, 1, 2])
+    phi = cluster_concentration(torch.zeros(5, dtype=torch.float64), assignments, 3, 0.2)
+    torch.testing.assert_close(phi, torch.full((3,), 0.2, dtype=torch.float64))
+
+
 def test_icsc_selection_probs_match_reference() -> None:
     queue, centroids = unit(7, 5, seed=1), unit(4, 5, seed=2)
     concentration = torch.tensor([0.1, 0.0005, 0.3, 0.2], dtype=torch.float64)

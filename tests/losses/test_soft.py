@@ -188,6 +188,18 @@ def test_ascl_byol_without_neighbours_is_plain_byol_and_targets_keep_the_diagona
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
 
 
+def test_off_diagonal_and_its_inverse() -> None:
+    from pipeline.losses import off_diagonal, with_diagonal
+
+    square = torch.arange(16.0).view(4, 4)
+    off = off_diagonal(square)
+    expected = torch.tensor([[j + 4 * i for j in range(4) if j != i] for i in range(4)], dtype=torch.float32)
+    assert torch.equal(off, expected)
+    rebuilt = with_diagonal(off, -1.0)
+    assert torch.equal(rebuilt.diagonal(), torch.full((4,), -1.0))
+    assert torch.equal(off_diagonal(rebuilt), off)
+
+
 def test_ascl_byol_needs_three_keys() -> None:
     with pytest.raises(ValueError, match="at least 3 keys"):
         ascl_byol(unit(2, 4, seed=22), unit(2, 4, seed=23), 1, 0.05)

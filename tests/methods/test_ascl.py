@@ -138,6 +138,24 @@ def test_ascl_byol_loss_and_gradients() -> None:
     assert 0.0 < float(losses["own_key_weight"]) <= 1.0
 
 
+def test_ascl_byol_loss_is_ascl_byol_of_its_embeddings() -> None:
+    method = make("ascl_byol", **{"method.num_neighbors": 2, "method.momentum": 1.0})
+    method.eval()
+    batch = batch_of(method)
+    with torch.no_grad():
+        losses = method(batch, StepInfo(0, 0, 10))
+        prediction, key = embeddings(method, batch)
+    torch.testing.assert_close(losses["loss"], ascl_byol(prediction, key, 2, 0.05))
+
+
+def test_losses_stay_float32_under_bf16_autocast() -> None:
+    for name in ("ascl", "ascl_byol"):
+        method = make(name, **{"method.num_neighbors": 2})
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = method(batch_of(method), StepInfo(0, 0, 10))
+        assert losses["loss"].dtype == torch.float32, name
+
+
 def test_ascl_byol_without_neighbours_is_plain_byol() -> None:
     method = make("ascl_byol", **{"method.num_neighbors": 0, "method.momentum": 1.0})
     method.eval()

@@ -103,3 +103,10 @@ def test_pbsd_off_skips_patches_and_keeps_the_loss_supervised_only() -> None:
     losses = method(batch_of(method), StepInfo(0, 0, 10))
     assert "pbsd" not in losses
     torch.testing.assert_close(losses["loss"].detach(), losses["dscl"])
+
+
+def test_losses_stay_float32_under_bf16_autocast() -> None:
+    method = make("dscl")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = method(batch_of(method), StepInfo(0, 0, 10))
+    assert losses["dscl"].dtype == losses["pbsd"].dtype == torch.float32
