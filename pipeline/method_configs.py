@@ -90,33 +90,28 @@ class SupConConfig(MethodConfig):
 
 
 @register_params
-class SimCLRConfig(MethodConfig):
+class SimCLRConfig(SupConConfig):
     """SimCLR parameters (the SupCon repository's SimCLR recipe)."""
 
-    name: Literal["simclr"] = "simclr"
+    name: Literal["simclr"] = "simclr"  # type: ignore[assignment]
     temperature: float = Field(0.5, gt=0)
-    base_temperature: float = Field(0.07, gt=0)
 
 
 @register_params
-class SelfConConfig(MethodConfig):
+class SelfConConfig(SupConConfig):
     """SelfCon parameters (official CIFAR recipe): one fc exit after stage 2, SupCon temperatures."""
 
-    name: Literal["selfcon"] = "selfcon"
+    name: Literal["selfcon"] = "selfcon"  # type: ignore[assignment]
     variant: Literal["S", "M", "SU", "MU"] = "S"
     exits: list[Literal["layer1", "layer2", "layer3"]] = Field(default_factory=lambda: ["layer2"], min_length=1)
     exit_type: Literal["fc", "same"] = "fc"
-    temperature: float = Field(0.1, gt=0)
-    base_temperature: float = Field(0.07, gt=0)
 
 
 @register_params
-class SupConSConfig(MethodConfig):
+class SupConSConfig(SupConConfig):
     """SupCon-S (SelfCon's single-view baseline): the backbone alone, one view, anchors without positives dropped."""
 
-    name: Literal["supcon_s"] = "supcon_s"
-    temperature: float = Field(0.1, gt=0)
-    base_temperature: float = Field(0.07, gt=0)
+    name: Literal["supcon_s"] = "supcon_s"  # type: ignore[assignment]
 
 
 @register_params
