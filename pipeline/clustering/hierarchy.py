@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import faiss
 import numpy as np
@@ -128,8 +128,7 @@ def hierarchical_kmeans(
         normalised = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         if levels:
             # The points of this level are the previous level's centroids: ``nearest`` is their parent map.
-            previous = levels[-1]
-            levels[-1] = Level(previous.centroids, previous.concentration, previous.assignments, nearest)
+            levels[-1] = replace(levels[-1], parents=nearest)
             image_assignments = nearest[image_assignments]
         else:
             image_assignments = nearest

@@ -17,12 +17,17 @@ import torch
 ASCL_MODES = ("hard", "ahcl", "ascl")
 
 
+def check_neighbours(num_neighbors: int) -> None:
+    """Return None if ``num_neighbors`` is an int >= 0; raise ValueError otherwise."""
+    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 0:
+        raise ValueError(f"num_neighbors must be an int >= 0, got {num_neighbors!r}")
+
+
 def check_mode(mode: str, num_neighbors: int, num_entries: int) -> None:
     """Return None if ``mode`` and ``num_neighbors`` suit ``num_entries`` reference entries; raise ValueError."""
     if mode not in ASCL_MODES:
         raise ValueError(f"ASCL mode {mode!r} is not one of {', '.join(ASCL_MODES)}")
-    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 0:
-        raise ValueError(f"num_neighbors must be an int >= 0, got {num_neighbors!r}")
+    check_neighbours(num_neighbors)
     if num_neighbors > num_entries:
         raise ValueError(f"num_neighbors = {num_neighbors} exceeds the {num_entries} entries it is chosen from")
 
@@ -105,8 +110,7 @@ def in_batch_targets(
     Each key's relations are to the other ``B − 1`` keys of the batch, in ``ascl`` mode.
     """
     batch = k.shape[0]
-    if isinstance(num_neighbors, bool) or not isinstance(num_neighbors, int) or num_neighbors < 0:
-        raise ValueError(f"num_neighbors must be an int >= 0, got {num_neighbors!r}")
+    check_neighbours(num_neighbors)
     if num_neighbors > 0 and batch < 3:
         raise ValueError(f"in-batch soft targets need at least 3 keys (relations to B - 1 >= 2 others), got {batch}")
     if num_neighbors == 0:

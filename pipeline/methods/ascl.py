@@ -26,7 +26,7 @@ from pipeline.losses import (
 from pipeline.method_configs import AsclByolConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
-from pipeline.methods.common import build_encoder, cosine_momentum, momentum_copy, momentum_update
+from pipeline.methods.common import build_encoder, momentum_copy, momentum_update, scheduled_momentum
 from pipeline.methods.context import Batch, MethodContext, StepInfo, resolve_batch_norm
 from pipeline.methods.moco import MoCo
 from pipeline.methods.recipes import ASCL_WEAK, MOCO_V2
@@ -161,9 +161,7 @@ class AsclByol(Method[AsclByolConfig]):
         params = self.params
         prediction = F.normalize(self.predictor(self.online(batch.views["query"])), dim=1)
         with torch.no_grad():
-            momentum = params.momentum
-            if params.momentum_schedule == "cosine":
-                momentum = cosine_momentum(momentum, step.global_step, step.total_steps)
+            momentum = scheduled_momentum(params.momentum, params.momentum_schedule, step.global_step, step.total_steps)
             momentum_update(self.online, self.momentum_encoder, momentum)
             key = F.normalize(self.momentum_encoder(batch.views["key"]), dim=1)
         with torch.autocast(key.device.type, enabled=False):

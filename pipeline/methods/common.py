@@ -54,3 +54,8 @@ def cosine_momentum(base: float, step: int, total_steps: int) -> float:
     """Return BYOL's cosine-increasing momentum: 1 - (1 - base) * (cos(pi * step / total) + 1) / 2."""
     progress = min(step / max(total_steps, 1), 1.0)
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def scheduled_momentum(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """Return the momentum encoder's momentum at ``step``: ``base`` (constant) or BYOL's cosine increase to 1."""
+    return cosine_momentum(base, step, total_steps) if schedule == "cosine" else base

@@ -14,7 +14,7 @@ from pipeline.losses import contrast_accuracy, contrast_logits, own_key_cross_en
 from pipeline.method_configs import MocoConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
-from pipeline.methods.common import build_encoder, cosine_momentum, momentum_copy, momentum_update
+from pipeline.methods.common import build_encoder, momentum_copy, momentum_update, scheduled_momentum
 from pipeline.methods.context import Batch, MethodContext, StepInfo
 from pipeline.methods.recipes import MOCO_V2
 from pipeline.models.distributed import concat_all_gather, shuffle_batch, unshuffle_batch
@@ -56,9 +56,9 @@ class MoCo(Method[MocoConfig]):
 
     def momentum_at(self, step: StepInfo) -> float:
         """Return the key encoder's momentum for this step."""
-        if self.params.momentum_schedule == "cosine":
-            return cosine_momentum(self.params.momentum, step.global_step, step.total_steps)
-        return self.params.momentum
+        return scheduled_momentum(
+            self.params.momentum, self.params.momentum_schedule, step.global_step, step.total_steps
+        )
 
     @torch.no_grad()
     def encode_keys(self, images: torch.Tensor, step: StepInfo) -> torch.Tensor:

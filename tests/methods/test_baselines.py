@@ -10,7 +10,7 @@ from pipeline.config import load_config, with_overrides
 from pipeline.losses import info_nce, supcon
 from pipeline.method_configs import params_names
 from pipeline.methods import Batch, StepInfo, get_method, method_names
-from pipeline.methods.common import cosine_momentum, momentum_update
+from pipeline.methods.common import cosine_momentum, momentum_update, scheduled_momentum
 from pipeline.methods.context import resolve_batch_norm
 from tests.support.methods import make_method
 
@@ -83,6 +83,8 @@ def test_momentum_update_and_schedule() -> None:
     assert cosine_momentum(0.99, 0, 100) == pytest.approx(0.99)
     assert cosine_momentum(0.99, 50, 100) == pytest.approx(0.995)
     assert cosine_momentum(0.99, 100, 100) == pytest.approx(1.0)
+    assert scheduled_momentum(0.99, "cosine", 50, 100) == pytest.approx(0.995)
+    assert scheduled_momentum(0.99, "constant", 50, 100) == 0.99
 
 
 def test_batch_norm_resolution() -> None:
