@@ -150,6 +150,10 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     started = time.time()
     method_class = validate(config)
     sources = open_data(config)
+    try:
+        method_class.validate_data(config, len(sources["train"]))
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None
     tracking_uri = tracking.reachable_store(config.tracking)
     storage = storage_root(config.ray)
     run_name, resume_from = resolve_run(config, Path(storage))

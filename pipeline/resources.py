@@ -43,7 +43,11 @@ class RunResources:
             with contextlib.suppress(ValueError):  # ValueError: no actor of that name, the usual case
                 ray.kill(ray.get_actor(name), no_restart=True)
             remote_class = ray.remote(spec.actor_class).options(
-                name=name, num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=0
+                name=name,
+                num_cpus=spec.num_cpus,
+                num_gpus=spec.num_gpus,
+                max_restarts=0,
+                max_concurrency=spec.max_concurrency,
             )
             self.handles[key] = remote_class.remote(*spec.args, **spec.kwargs)
         return dict(self.handles)

@@ -311,7 +311,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         faults.maybe_fail(epoch + 1)
         faults.maybe_pause("epoch_start", epoch + 1)
         setup.method.on_epoch_start(_epoch_context(setup, epoch, resources))
+        report = setup.method.epoch_report()
         metrics, global_step = _train_epoch(setup, epoch, global_step, faults)
+        metrics.update(report.metrics)
         train_time = time.perf_counter() - started
         metrics["perf/images_per_s"] = len(setup.train_loader) * config.train.batch_size / train_time
         _broadcast_buffers(setup.method)
@@ -325,6 +327,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # then skips logging (same seed, same values) instead of leaving the epoch unlogged forever.
         if run is not None and epoch > logged_up_to:
             tracking.log_metrics(run, metrics, step=epoch)
+            for artifact_file, text in report.artifacts.items():
+                tracking.log_text(run, text, artifact_file)
         _save_and_report(setup, metrics, epoch + 1, global_step)
         faults.maybe_pause("after_report", epoch + 1)
         if setup.rank == 0:

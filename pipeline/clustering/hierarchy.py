@@ -75,6 +75,34 @@ def check_sizes(sizes: Sequence[int], num_points: int) -> list[int]:
     return values
 
 
+def scaled_sizes(sizes: Sequence[int], num_points: int) -> list[int]:
+    """Return ``sizes`` shrunk in proportion so that level 0 has at least 10 points per cluster (never grown).
+
+    Levels keep shrinking upward: a level that would not be smaller than the one below is dropped.
+    """
+    factor = min(1.0, num_points / (MIN_POINTS_PER_CENTROID * sizes[0]))
+    scaled: list[int] = []
+    for size in sizes:
+        value = max(1, int(size * factor))
+        if scaled and value >= scaled[-1]:
+            value = scaled[-1] - 1
+        if value < 1:
+            break
+        scaled.append(value)
+    return scaled
+
+
+def hierarchy_sizes(sizes: Sequence[int], num_points: int, scale: str = "off") -> list[int]:
+    """Return the level sizes to cluster ``num_points`` points with: ``sizes`` (``scale='off'``) or shrunk (``'auto'``).
+
+    Raises ValueError when the result is not a valid hierarchy for the data (too many clusters, levels
+    that do not shrink).
+    """
+    if scale not in ("off", "auto"):
+        raise ValueError(f"hierarchy scale must be 'off' or 'auto', got {scale!r}")
+    return check_sizes(scaled_sizes(sizes, num_points) if scale == "auto" else sizes, num_points)
+
+
 def _kmeans(points: np.ndarray, clusters: int, niter: int, nredo: int, seed: int, gpu: bool) -> tuple[np.ndarray, ...]:
     """Return the unnormalised centroids ``[N, D]``, each point's cluster ``[n]`` and squared distance ``[n]``."""
     kmeans = faiss.Kmeans(

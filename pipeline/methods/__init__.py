@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.method_configs import load_plugins, method_config_class
 from pipeline.methods.base import Method
-from pipeline.methods.context import ActorSpec, Batch, EpochContext, MethodContext, StepInfo
+from pipeline.methods.context import ActorSpec, Batch, EpochContext, EpochReport, MethodContext, StepInfo
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -34,7 +34,7 @@ def get_method(name: str) -> type[Method]:
 
 def _load_builtins() -> None:
     """Import the built-in method modules and the ``PIPELINE_PLUGINS`` modules so that they register themselves."""
-    from pipeline.methods import ascl, dscl, moco, selfcon, supcon  # noqa: F401
+    from pipeline.methods import ascl, dscl, hcsc, moco, selfcon, supcon  # noqa: F401
 
     load_plugins()
 
@@ -43,6 +43,7 @@ __all__ = [
     "ActorSpec",
     "Batch",
     "EpochContext",
+    "EpochReport",
     "Method",
     "MethodContext",
     "StepInfo",

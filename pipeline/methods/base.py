@@ -16,6 +16,7 @@ from pipeline.methods.context import (
     ActorSpec,
     Batch,
     EpochContext,
+    EpochReport,
     MethodContext,
     StepInfo,
     resolve_batch_norm,
@@ -67,6 +68,10 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
             )
 
     @classmethod
+    def validate_data(cls, config: ExperimentConfig, num_train: int) -> None:
+        """Raise ValueError naming the key if ``config`` cannot run on a training set of ``num_train`` images."""
+
+    @classmethod
     def resources(cls, config: ExperimentConfig) -> dict[str, ActorSpec]:
         """Return the run-scoped actors this method needs, by name (none by default)."""
         return {}
@@ -81,6 +86,10 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
 
     def on_epoch_start(self, context: EpochContext) -> None:
         """Prepare for an epoch (e.g. rebuild prototypes) before its first step."""
+
+    def epoch_report(self) -> EpochReport:
+        """Return the metrics and artifacts of the last ``on_epoch_start`` (nothing by default)."""
+        return EpochReport()
 
     def on_step_end(self) -> None:
         """Update state that must change only after the optimiser step (e.g. enqueue keys)."""

@@ -115,6 +115,7 @@ class ActorSpec:
 
     ``actor_class`` is a plain class (the driver wraps it with ``ray.remote``); it is built with
     ``args`` and ``kwargs`` and reserves ``num_cpus`` and ``num_gpus`` (fractions allowed).
+    ``max_concurrency`` above one makes it a threaded actor (calls that wait do not block the others).
     """
 
     actor_class: type
@@ -122,3 +123,15 @@ class ActorSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     num_cpus: float = 0.0
     num_gpus: float = 0.0
+    max_concurrency: int = 1
+
+
+@dataclass
+class EpochReport:
+    """What a method reports about an epoch's preparation: metrics (logged with the epoch's) and text artifacts.
+
+    ``artifacts`` maps an artifact path (e.g. ``hierarchy/epoch_0003.json``) to its text; rank 0 logs them.
+    """
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)

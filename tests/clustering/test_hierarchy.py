@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.clustering import faiss_gpu_available, hierarchical_kmeans
+from pipeline.clustering import faiss_gpu_available, hierarchical_kmeans, hierarchy_sizes, scaled_sizes
 from pipeline.losses import cluster_concentration
 
 
@@ -76,3 +76,27 @@ def test_gpu_demanded_without_faiss_gpu_is_refused() -> None:
         pytest.skip("this machine's FAISS has a GPU: the refusal path cannot be reached")
     with pytest.raises(ValueError, match="use_gpu=True but this FAISS build has no GPU"):
         hierarchical_kmeans(blobs(), [10], use_gpu=True)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "points", "expected"),
+    [
+        ([3000, 2000, 1000], 4000, [400, 266, 133]),  # at least 10 images per level-0 prototype
+        ([3000, 2000, 1000], 1_281_167, [3000, 2000, 1000]),  # never grown, unchanged when the data suffices
+        ([30, 29, 28], 100, [10, 9, 8]),  # levels that would collide keep shrinking by one
+        ([20, 2, 1], 25, [2, 1]),  # a level that would reach zero prototypes is dropped
+    ],
+)
+def test_auto_scaling_shrinks_only_what_the_data_cannot_fill(
+    sizes: list[int], points: int, expected: list[int]
+) -> None:
+    assert scaled_sizes(sizes, points) == expected
+    assert hierarchy_sizes(sizes, points, "auto") == expected
+
+
+def test_without_scaling_a_hierarchy_too_large_for_the_data_is_refused() -> None:
+    assert hierarchy_sizes([30, 10], 600) == [30, 10]
+    with pytest.raises(ValueError, match="level 0 has 3000 clusters but there are only 600 points"):
+        hierarchy_sizes([3000, 2000, 1000], 600, "off")
+    with pytest.raises(ValueError, match="scale must be 'off' or 'auto'"):
+        hierarchy_sizes([30], 600, "half")

@@ -1,0 +1,105 @@
+"""HCSC on Ray Train (2 workers) with the run's clustering actor: both overlap modes, both feature paths,
+a worker failure that resumes and rebuilds the hierarchy, every clustering metric in MLflow, no actor left."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import ray
+from mlflow import MlflowClient
+
+from pipeline.config import load_config, with_overrides
+from pipeline.launch import pretrain
+from pipeline.resources import actor_name
+from tests.support.configs import tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+LEVEL_METRICS = (
+    "clusters",
+    "non_empty",
+    "mean_concentration",
+    "nmi_class",
+    "ari_class",
+    "nmi_superclass",
+    "ari_superclass",
+)
+EPOCH_METRICS = (
+    "clustering/seconds",
+    "clustering/staleness_epochs",
+    "train/icsc_kept",
+    "train/pcsc_kept",
+    *(f"clustering/level{level}/{name}" for level in range(3) for name in LEVEL_METRICS),
+)
+
+
+def alive_actor_names() -> set[str]:
+    """Return the names of the named actors that are alive."""
+    return {entry["name"] if isinstance(entry, dict) else entry for entry in ray.util.list_named_actors()}
+
+
+@pytest.mark.parametrize(
+    ("mode", "overrides", "staleness"),
+    [
+        # Overlap: epoch 2 trains with the hierarchy of the weights that ended epoch 0 (one behind); the failure at
+        # the start of epoch 3 restarts the workers, which rebuild the hierarchy from the restored weights.
+        (
+            "overlap",
+            {"method.clustering.overlap": True, "train.inject_failure_at_epoch": 3, "ray.max_failures": 1},
+            [1, 0],
+        ),
+        ("workers", {"method.clustering.where": "workers"}, [0, 0]),
+    ],
+)
+def test_three_epochs_with_warm_up_and_the_clustering_actor(
+    tmp_path: Path, mlflow_uri: str, mode: str, overrides: dict[str, object], staleness: list[int]
+) -> None:
+    values = tiny_overrides(
+        tmp_path,
+        mlflow_uri,
+        **{
+            "train.epochs": 3,
+            "method.warmup_epochs": 1,
+            "method.hierarchy": [12, 6, 3],
+            "method.clustering.niter": 5,
+            "method.clustering.nredo": 1,
+            "eval.linear.enabled": False,
+            "ray.run_name": f"hcsc-{mode}",
+            **overrides,
+        },
+    )
+    result = pretrain(with_overrides(load_config("hcsc_synthetic.yaml"), values))
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
+
+    assert [m.step for m in client.get_metric_history(result.mlflow_run_id, "train/info_nce")] == [0], "warm-up"
+    for key in ("train/instance_loss", "train/prototype_loss", *EPOCH_METRICS):
+        history = client.get_metric_history(result.mlflow_run_id, key)
+        assert [metric.step for metric in history] == [1, 2], key
+    # With overlap the last warm-up epoch already waits for its submission (the workers' embeddings or the weights).
+    waits = client.get_metric_history(result.mlflow_run_id, "clustering/wait_s")
+    assert [metric.step for metric in waits] == ([0, 1, 2] if mode == "overlap" else [1, 2])
+    history = client.get_metric_history(result.mlflow_run_id, "clustering/staleness_epochs")
+    assert [metric.value for metric in history] == staleness
+    for level in range(3):
+        for reference in ("class", "superclass"):
+            values_logged = client.get_metric_history(result.mlflow_run_id, f"clustering/level{level}/nmi_{reference}")
+            assert all(0.0 <= metric.value <= 1.0 for metric in values_logged)
+    for key in ("train/icsc_kept", "train/pcsc_kept"):
+        assert all(0.0 < metric.value <= 1.0 for metric in client.get_metric_history(result.mlflow_run_id, key))
+
+    artifacts = [artifact.path for artifact in client.list_artifacts(result.mlflow_run_id, "hierarchy")]
+    assert artifacts == ["hierarchy/epoch_0002.json", "hierarchy/epoch_0003.json"]
+    summary = json.loads(
+        Path(client.download_artifacts(result.mlflow_run_id, artifacts[-1], str(tmp_path))).read_text()
+    )
+    assert summary["sizes"] == [12, 6, 3] and summary["weights_after_epochs"] == 3 - 1 - staleness[-1]
+    assert "assignments" not in summary
+
+    deadline = time.monotonic() + 10
+    while actor_name(f"hcsc-{mode}", "clustering") in alive_actor_names() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert actor_name(f"hcsc-{mode}", "clustering") not in alive_actor_names(), "the clustering actor outlived the run"
