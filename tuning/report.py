@@ -1,0 +1,260 @@
+"""Command line: ``python -m tuning.report --sweep NAME|PARENT_RUN_ID [--tracking-uri URI]``.
+
+Reads a sweep's child runs back from MLflow and writes the comparison in the form the papers'
+ablation tables use: one row per grid point (axis values), the metric's mean ± std over seeds, the
+best row marked, pending and failed trials shown. Writes ``report.md``, ``report.csv``, one plot of the
+metric against each axis (one line per value of another axis) and the learning curves of the best and
+the worst trial, and logs them all as artifacts of the sweep's parent run. Works on a sweep in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuning.grid import format_value
+
+LEARNING_CURVE_METRIC = "knn/top1"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One planned trial and what MLflow holds for it (no run yet: pending)."""
+
+    name: str
+    axis_values: dict[str, Any]
+    seed: int
+    status: str
+    value: float | None
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class Report:
+    """The written report: its table as Markdown, the folder holding the files, and the rows."""
+
+    markdown: str
+    folder: Path
+    rows: list[dict[str, Any]]
+
+
+def find_parent(uri: str, sweep: str) -> Any:
+    """Return the parent run named by ``sweep`` (a parent run id, or a sweep name); raise ValueError if none."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from tuning.sweep import SWEEP_TAG
+
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(sweep)
+        if run.data.tags.get("sweep_role") == "parent":
+            return run
+    except MlflowException:
+        pass
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    found = client.search_runs(
+        experiments, filter_string=f"tags.{SWEEP_TAG} = '{sweep}' and tags.sweep_role = 'parent'"
+    )
+    if not found:
+        raise ValueError(f"no sweep named or with parent run id {sweep!r} in {uri}")
+    return found[0]
+
+
+def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
+    """Return every planned trial with its status and metric value, and the grid's metric name and mode."""
+    from mlflow import MlflowClient
+
+    from tuning.sweep import TRIALS_ARTIFACT
+
+    client = MlflowClient(uri)
+    parent_id = parent.info.run_id
+    planned = json.loads(Path(client.download_artifacts(parent_id, TRIALS_ARTIFACT)).read_text())
+    metric, mode = parent.data.params["metric"], parent.data.params["mode"]
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    # A trial retried after a failure may hold several runs: the finished one, else the newest, speaks for it.
+    preference = {"FINISHED": 2, "RUNNING": 1}
+    by_name: dict[str, Any] = {}
+    for child in sorted(children, key=lambda run: (preference.get(run.info.status, 0), run.info.start_time)):
+        by_name[child.data.tags.get("trial")] = child
+    records = []
+    for trial in planned:
+        child = by_name.get(trial["name"])
+        status = "PENDING" if child is None else child.info.status
+        value = child.data.metrics.get(metric) if child is not None and status == "FINISHED" else None
+        run_id = child.info.run_id if child is not None else None
+        records.append(TrialRecord(trial["name"], trial["axis_values"], trial["seed"], status, value, run_id))
+    return records, metric, mode
+
+
+def summarise(records: list[TrialRecord], mode: str) -> list[dict[str, Any]]:
+    """Return one row per grid point: axis values, mean and std over finished seeds, counts, best flag."""
+    groups: dict[str, list[TrialRecord]] = defaultdict(list)
+    for record in records:
+        groups[json.dumps(record.axis_values, sort_keys=True)].append(record)
+    rows = []
+    for members in groups.values():
+        values = [member.value for member in members if member.value is not None]
+        rows.append(
+            {
+                **{key: format_value(value) for key, value in members[0].axis_values.items()},
+                "mean": statistics.mean(values) if values else math.nan,
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else math.nan,
+                "finished": len(values),
+                "seeds": len(members),
+                "failed": sum(member.status == "FAILED" for member in members),
+                "best": False,
+            }
+        )
+    finished = [row for row in rows if row["finished"]]
+    if finished:
+        best = (max if mode == "max" else min)(finished, key=lambda row: row["mean"])
+        best["best"] = True
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
+    """Return the rows as a Markdown table (best row in bold, unfinished points marked)."""
+    header = [*axes, metric, "seeds done", "failed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if row["finished"]:
+            figure = f"{row['mean']:.2f} ± {row['std']:.2f}" if row["seeds"] > 1 else f"{row['mean']:.2f}"
+            figure = f"**{figure}**" if row["best"] else figure
+        else:
+            figure = "pending" if not row["failed"] else "failed"
+        cells = [str(row[axis]) for axis in axes] + [figure, f"{row['finished']}/{row['seeds']}", str(row["failed"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict[str, Any]], axes: list[str], path: Path) -> None:
+    """Write the rows as CSV (axis values, mean, std, finished, seeds, failed, best)."""
+    import csv
+
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*axes, "mean", "std", "finished", "seeds", "failed", "best"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_axes(rows: list[dict[str, Any]], axes: list[str], metric: str, folder: Path) -> list[Path]:
+    """Return the PNGs drawn: the metric against each axis, one line per value of the next axis (if any)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    finished = [row for row in rows if row["finished"]]
+    for index, axis in enumerate(axes or ["trial"]):
+        other = axes[(index + 1) % len(axes)] if len(axes) > 1 else None
+        lines: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in finished:
+            lines[str(row[other]) if other else metric].append(row)
+        figure, plot = plt.subplots(figsize=(6, 4))
+        labels = dict.fromkeys(str(row.get(axis, "")) for row in rows)
+        positions = {value: position for position, value in enumerate(labels)}
+        for label, members in lines.items():
+            xs = [positions[str(member.get(axis, ""))] for member in members]
+            plot.errorbar(xs, [m["mean"] for m in members], yerr=[m["std"] for m in members], marker="o", label=label)
+        plot.set_xticks(list(positions.values()), list(positions.keys()), rotation=20)
+        plot.set_xlabel(axis)
+        plot.set_ylabel(metric)
+        if other:
+            plot.legend(title=other, fontsize="small")
+        figure.tight_layout()
+        path = folder / f"{metric.replace('/', '_')}_vs_{axis.replace('/', '_')}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def plot_learning_curves(uri: str, records: list[TrialRecord], mode: str, folder: Path) -> Path | None:
+    """Return the PNG of the kNN curves of the best and the worst finished trial (None if none finished)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from mlflow import MlflowClient
+
+    finished = [record for record in records if record.value is not None and record.run_id]
+    if not finished:
+        return None
+    ordered = sorted(finished, key=lambda record: record.value, reverse=mode == "max")
+    client = MlflowClient(uri)
+    figure, plot = plt.subplots(figsize=(6, 4))
+    for label, record in (("best", ordered[0]), ("worst", ordered[-1])):
+        history = client.get_metric_history(record.run_id, LEARNING_CURVE_METRIC)
+        epochs, values = [m.step + 1 for m in history], [m.value for m in history]
+        plot.plot(epochs, values, marker="o", label=f"{label}: {record.name}")
+    plot.set_xlabel("epoch")
+    plot.set_ylabel(LEARNING_CURVE_METRIC)
+    plot.legend(fontsize="small")
+    figure.tight_layout()
+    path = folder / "learning_curves.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
+    """Return the sweep's report after writing its files to ``folder`` (a temp folder if None) and to MLflow."""
+    from pipeline import tracking
+
+    parent = find_parent(uri, sweep)
+    records, metric, mode = collect(uri, parent)
+    axes = list(records[0].axis_values) if records else []
+    rows = summarise(records, mode)
+    folder = Path(folder or tempfile.mkdtemp(prefix="sweep-report-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    counts = defaultdict(int)
+    for record in records:
+        counts[record.status] += 1
+    status = ", ".join(f"{count} {state.lower()}" for state, count in sorted(counts.items()))
+    title = f"## Sweep {parent.data.tags.get('sweep', sweep)} ({metric}, {mode}; {status})"
+    markdown = f"{title}\n\n{markdown_table(rows, axes, metric)}\n"
+    (folder / "report.md").write_text(markdown)
+    write_csv(rows, axes, folder / "report.csv")
+    files = [folder / "report.md", folder / "report.csv", *plot_axes(rows, axes, metric, folder)]
+    curves = plot_learning_curves(uri, records, mode, folder)
+    if curves is not None:
+        files.append(curves)
+    handle = tracking.RunHandle(uri, parent.info.experiment_id, parent.info.run_id)
+    for path in files:
+        tracking.log_artifact(handle, path, "report")
+    return Report(markdown, folder, rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, write the report and print its table; return the exit code."""
+    parser = argparse.ArgumentParser(prog="python -m tuning.report", description=__doc__)
+    parser.add_argument("--sweep", required=True, help="the sweep's name (e.g. ascl_k_mode-quick) or parent run id")
+    parser.add_argument("--tracking-uri", help="MLflow store [the default store: sqlite:///mlflow.db here]")
+    parser.add_argument("--out", help="folder for the report files [a temporary folder]")
+    args = parser.parse_args(argv)
+    from pipeline import tracking
+    from pipeline.config import TrackingConfig
+
+    uri = args.tracking_uri or tracking.resolve_tracking_uri(TrackingConfig())
+    try:
+        report = write_report(uri, args.sweep, Path(args.out) if args.out else None)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(report.markdown)
+    print(f"report files in {report.folder} (also artifacts of the sweep's MLflow parent run)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

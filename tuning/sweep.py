@@ -1,0 +1,262 @@
+"""Command line: ``python -m tuning.sweep --grid FILE [--quick] [--set key=value ...] [--max-concurrent N]``.
+
+A Ray Tune grid in which each trial is one whole pretraining run (``pipeline.launch.pretrain``: its own
+TorchTrainer and workers, then the grid's evaluation). One MLflow parent run per sweep, one child run
+per trial tagged with its axis values, seed and name. Every trial is validated before anything runs.
+Run the same command again after an interrupt or a failure: finished trials are kept, the others
+resume from their checkpoints and their MLflow runs; nothing is recorded twice. A failed trial is
+reported with its error and the other trials go on. The report (``tuning.report``) is written at the
+end, and can be run any time while the sweep is in progress.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, ExperimentConfig, build_config, with_overrides
+from tuning.grid import Grid, GridError, load_grid, parse_assignments
+
+SWEEP_TAG = "sweep"
+TRIALS_ARTIFACT = "trials.json"
+# The trial's own driver needs no CPU of its own: its TorchTrainer's workers reserve the real ones.
+TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Where a sweep lives: its grid, its Tune folder, its MLflow store and parent run, and each trial's config."""
+
+    grid: Grid
+    tune_path: Path
+    tracking_uri: str
+    parent_run_id: str
+    configs: dict[str, ExperimentConfig]
+
+
+def trial_metrics(result: Any, protocol: str) -> dict[str, float]:
+    """Return a finished pretraining's figures for Tune, named as in MLflow: last epoch's and ``eval/...`` ones."""
+    metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, int | float)}
+    for network, figures in (result.evaluation or {}).items():
+        metrics.update({f"eval/{protocol}/{network}/{key}": float(value) for key, value in figures.items()})
+    return metrics
+
+
+def run_trial(trial_config: dict[str, Any]) -> None:
+    """Tune's function trainable: pretrain (and evaluate) one grid point, then report its final metrics."""
+    from ray import tune
+
+    from pipeline.launch import pretrain
+
+    config = build_config(trial_config["config"])
+    try:
+        result = pretrain(config)
+    except Exception as exc:
+        record_failure(config, exc)
+        raise
+    tune.report(trial_metrics(result, config.eval.linear.protocol))
+
+
+def record_failure(config: ExperimentConfig, error: BaseException) -> None:
+    """Tag the trial's child run with ``error`` (creating a FAILED one when it failed before opening its run)."""
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    client = MlflowClient(config.tracking.uri)
+    experiment_id = tracking.experiment_id(config.tracking.uri, config.tracking.experiment)
+    trial = config.tracking.tags["trial"]
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{config.tracking.parent_run_id}' and tags.trial = '{trial}'",
+    )
+    message = (str(error).strip().splitlines() or [type(error).__name__])[-1][:5000]
+    if found:
+        client.set_tag(found[0].info.run_id, "error", message)
+        return
+    tags = {**config.tracking.tags, tracking.PARENT_TAG: config.tracking.parent_run_id, "error": message}
+    run = client.create_run(experiment_id, tags=tags, run_name=config.tracking.run_name)
+    client.set_terminated(run.info.run_id, status="FAILED")
+
+
+def grid_trials_record(grid: Grid) -> list[dict[str, Any]]:
+    """Return the JSON record of the grid's trials (name, axis values, seed) kept with the parent run."""
+    return [{"name": t.name, "axis_values": t.axis_values, "seed": t.seed} for t in grid.trials]
+
+
+def plan_sweep(grid: Grid) -> SweepPlan:
+    """Return the sweep's plan after opening (or finding) its MLflow parent run; each trial's config points at it."""
+    from pipeline import tracking
+    from pipeline.cluster import storage_root
+
+    reference = grid.trials[0].config
+    tune_path = Path(storage_root(reference.ray)) / "sweeps" / grid.sweep_name
+    uri = tracking.reachable_store(reference.tracking)
+    parent = find_or_create_parent(uri, reference.tracking.experiment, grid)
+    configs = {}
+    for trial in grid.trials:
+        tags = {**trial.config.tracking.tags, **trial.tags(), SWEEP_TAG: grid.sweep_name}
+        configs[trial.name] = with_overrides(
+            trial.config,
+            {
+                "ray.run_name": trial.name,
+                "ray.resume": "auto",
+                "tracking.uri": uri,
+                "tracking.parent_run_id": parent,
+                "tracking.run_name": trial.name,
+                "tracking.tags": tags,
+            },
+        )
+    return SweepPlan(grid, tune_path, uri, parent, configs)
+
+
+def find_or_create_parent(uri: str, experiment: str, grid: Grid) -> str:
+    """Return the id of the sweep's parent run: the one tagged with its name, else a new one holding the grid."""
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    client = MlflowClient(uri)
+    experiment_id = tracking.experiment_id(uri, experiment)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.{SWEEP_TAG} = '{grid.sweep_name}' and tags.sweep_role = 'parent'"
+    )
+    if found:
+        parent = found[0].info.run_id
+        recorded = json.loads(Path(client.download_artifacts(parent, TRIALS_ARTIFACT)).read_text())
+        if recorded != json.loads(json.dumps(grid_trials_record(grid))):
+            raise GridError(
+                f"sweep {grid.sweep_name} already exists (MLflow run {parent}) with other trials: "
+                f"rename the grid or remove the old sweep to run a changed grid"
+            )
+        return parent
+    tags = {SWEEP_TAG: grid.sweep_name, "sweep_role": "parent", "grid": str(grid.path)}
+    run = client.create_run(experiment_id, tags=tags, run_name=grid.sweep_name)
+    handle = tracking.RunHandle(uri, experiment_id, run.info.run_id)
+    spec = grid.spec
+    tracking.log_params(
+        handle,
+        {"grid": spec.name, "quick": grid.quick, "metric": spec.metric, "mode": spec.mode, "trials": len(grid.trials)},
+    )
+    tracking.log_text(handle, json.dumps(grid_trials_record(grid), indent=2), TRIALS_ARTIFACT)
+    tracking.log_text(handle, grid.path.read_text(), f"grid/{grid.path.name}")
+    return run.info.run_id
+
+
+def trial_demand(config: ExperimentConfig) -> dict[str, float]:
+    """Return the CPUs and GPUs one trial holds: its workers, its method's actors and its own driver."""
+    from pipeline.methods import get_method
+    from pipeline.resources import required_resources
+
+    actors = required_resources(get_method(config.method.name).resources(config))
+    workers = max(config.ray.num_workers, 1)
+    return {
+        "CPU": workers * config.ray.cpus_per_worker + actors["CPU"] + TRIAL_DRIVER_RESOURCES["cpu"],
+        "GPU": workers * config.ray.gpus_per_worker + actors["GPU"],
+    }
+
+
+def check_cluster(plan: SweepPlan, max_concurrent: int) -> int:
+    """Return how many trials run at once; raise ResourceError naming a trial the cluster cannot hold."""
+    import ray
+
+    from pipeline.cluster import ResourceError, check_resources, cluster_address
+    from pipeline.methods import get_method
+    from pipeline.resources import required_resources
+
+    available = ray.cluster_resources()
+    fits = max_concurrent
+    for name, config in plan.configs.items():
+        actors = required_resources(get_method(config.method.name).resources(config))
+        try:
+            check_resources(config.ray, cluster_address(config.ray) is None, actors)
+        except ResourceError as exc:
+            raise ResourceError(f"trial {name}: {exc}") from None
+        for kind, need in trial_demand(config).items():
+            if need > 0:
+                fits = min(fits, int(available.get(kind, 0.0) // need))
+    return max(1, fits)
+
+
+def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, list[tuple[str, str]]]:
+    """Run (or resume) the sweep; return its plan and the failed trials as ``(name, error)``."""
+    from ray import tune
+
+    from pipeline.cluster import ensure_ray
+
+    plan = plan_sweep(grid)
+    reference = next(iter(plan.configs.values()))
+    ensure_ray(reference.ray)
+    concurrent = check_cluster(plan, max_concurrent)
+    trainable = tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES)
+    if tune.Tuner.can_restore(str(plan.tune_path)):
+        print(f"resuming sweep {grid.sweep_name} from {plan.tune_path}: finished trials are kept")
+        tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_errored=True)
+    else:
+        space = {"config": tune.grid_search([config.model_dump(mode="json") for config in plan.configs.values()])}
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(
+                name=grid.sweep_name, storage_path=str(plan.tune_path.parent), verbose=0, log_to_file=True
+            ),
+        )
+    print(
+        f"sweep {grid.sweep_name}: {len(grid.trials)} trials, up to {concurrent} at once; "
+        f"MLflow parent run {plan.parent_run_id} in {plan.tracking_uri}"
+    )
+    results = tuner.fit()
+    failed = []
+    for result in results:
+        name = result.config["config"]["ray"]["run_name"] if result.config else "?"
+        if result.error is not None:
+            failed.append((name, str(result.error).strip().splitlines()[-1]))
+    return plan, failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, run the sweep and its report; return the exit code (1 if a trial failed)."""
+    parser = argparse.ArgumentParser(prog="python -m tuning.sweep", description=__doc__)
+    parser.add_argument("--grid", required=True, help="grid file (path, or a name in tuning/grids/)")
+    parser.add_argument("--quick", action="store_true", help="the grid's laptop form (synthetic data, tiny budget)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every trial")
+    parser.add_argument("--max-concurrent", type=int, default=4, help="trials at once, at most [4]")
+    parser.add_argument("--verbose", action="store_true", help="also show Ray's and MLflow's own messages")
+    args = parser.parse_args(argv)
+    from pipeline.pretrain import configure_logging
+
+    configure_logging(args.verbose)
+    try:
+        grid = load_grid(args.grid, quick=args.quick, extra=parse_assignments(args.set))
+    except (GridError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"grid {grid.path}: {len(grid.trials)} trials over {', '.join(grid.axes) or 'no axis'} (all validated)")
+
+    from pipeline.cluster import ResourceError
+    from pipeline.tracking import TrackingError
+    from tuning.report import write_report
+
+    try:
+        plan, failed = run_sweep(grid, args.max_concurrent)
+    except (GridError, ResourceError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, error in failed:
+        print(f"trial {name} failed: {error}")
+    report = write_report(plan.tracking_uri, plan.parent_run_id)
+    print(report.markdown)
+    print(f"report files in {report.folder} (also artifacts of MLflow run {plan.parent_run_id})")
+    if failed:
+        print(f"{len(failed)} of {len(grid.trials)} trials failed; run the same command again to retry them")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
