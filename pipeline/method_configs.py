@@ -233,3 +233,14 @@ class HcscConfig(MocoConfig):
         if any(upper >= lower for lower, upper in zip(value, value[1:], strict=False)):
             raise ValueError(f"levels must shrink from the finest (first) up, got {value}")
         return value
+
+
+@register_params
+class DimConfig(MethodConfig):
+    """Deep InfoMax (local–global) parameters: estimator, the stage whose map gives the local features, views."""
+
+    name: Literal["dim"] = "dim"
+    estimator: Literal["infonce", "jsd"] = "infonce"
+    local_stage: Literal["layer1", "layer2", "layer3"] = "layer3"
+    local_hidden_dim: int | None = Field(None, ge=1)
+    two_view: bool = False

@@ -9,6 +9,7 @@ from pipeline.losses.contrastive import (
     soft_info_nce,
     supcon,
 )
+from pipeline.losses.infomax import dim_infonce, dim_jsd, local_global_scores
 from pipeline.losses.longtail import class_positive_count, dscl, pbsd, scl
 from pipeline.losses.prototypes import (
     cluster_concentration,
@@ -39,11 +40,14 @@ __all__ = [
     "cluster_concentration",
     "contrast_accuracy",
     "contrast_logits",
+    "dim_infonce",
+    "dim_jsd",
     "dscl",
     "icsc",
     "icsc_selection_probs",
     "in_batch_targets",
     "info_nce",
+    "local_global_scores",
     "neighbour_relations",
     "off_diagonal",
     "own_key_cross_entropy",

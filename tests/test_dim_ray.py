@@ -1,0 +1,26 @@
+"""Deep InfoMax trains for 2 epochs on Ray Train (2 workers) with its loss and kNN monitor in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.config import load_config, with_overrides
+from pipeline.launch import pretrain
+from tests.support.configs import tiny_overrides
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def test_two_epoch_dim_run_logs_its_estimator_every_epoch(tmp_path: Path, mlflow_uri: str) -> None:
+    overrides = tiny_overrides(tmp_path, mlflow_uri, **{"method.estimator": "jsd", "eval.linear.enabled": False})
+    overrides.pop("method.queue_size")
+    result = pretrain(with_overrides(load_config("dim_synthetic.yaml"), overrides))
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
+    for key in ("train/loss", "train/dim_jsd", "knn/top1"):
+        assert [metric.step for metric in client.get_metric_history(result.mlflow_run_id, key)] == [0, 1], key
+    # The JSD loss is minus an estimate bounded by 2 log 2.
+    assert all(metric.value > -1.3863 for metric in client.get_metric_history(result.mlflow_run_id, "train/dim_jsd"))
