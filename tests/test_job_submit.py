@@ -19,6 +19,8 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
+from tests.support.configs import TINY
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -99,15 +101,9 @@ def test_quickstart_runs_as_a_ray_job_and_records_its_mlflow_run(
     address, env = job_head
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = {
-        "data.synthetic.num_train": 64,
-        "data.synthetic.num_test": 32,
-        "data.num_workers": 0,
-        "model.width": 4,
-        "method.queue_size": 64,
-        "train.batch_size": 16,
+        **TINY,
         "train.epochs": 1,
-        "eval.knn_k": 10,
-        "eval.pixel_baseline": "false",
+        "ray.num_workers": 1,
         "ray.run_name": "job-quickstart",
         "ray.storage_path": str(tmp_path / "runs"),
         "tracking.uri": uri,
