@@ -10,6 +10,7 @@ the worst trial, and logs them all as artifacts of the sweep's parent run. Works
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -54,12 +55,10 @@ def find_parent(uri: str, sweep: str) -> Any:
     from tuning.sweep import SWEEP_TAG
 
     client = MlflowClient(uri)
-    try:
+    with contextlib.suppress(MlflowException):  # not a run id: look the name up instead
         run = client.get_run(sweep)
         if run.data.tags.get("sweep_role") == "parent":
             return run
-    except MlflowException:
-        pass
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     found = client.search_runs(
         experiments, filter_string=f"tags.{SWEEP_TAG} = '{sweep}' and tags.sweep_role = 'parent'"
