@@ -4,16 +4,15 @@ a worker failure that resumes and rebuilds the hierarchy, every clustering metri
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
-import ray
 from mlflow import MlflowClient
 
 from pipeline.config import load_config, with_overrides
 from pipeline.launch import pretrain
 from pipeline.resources import actor_name
+from tests.support.actors import wait_until_gone
 from tests.support.configs import tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -34,11 +33,6 @@ EPOCH_METRICS = (
     "train/pcsc_kept",
     *(f"clustering/level{level}/{name}" for level in range(3) for name in LEVEL_METRICS),
 )
-
-
-def alive_actor_names() -> set[str]:
-    """Return the names of the named actors that are alive."""
-    return {entry["name"] if isinstance(entry, dict) else entry for entry in ray.util.list_named_actors()}
 
 
 @pytest.mark.parametrize(
@@ -99,7 +93,4 @@ def test_three_epochs_with_warm_up_and_the_clustering_actor(
     assert summary["sizes"] == [12, 6, 3] and summary["weights_after_epochs"] == 3 - 1 - staleness[-1]
     assert "assignments" not in summary
 
-    deadline = time.monotonic() + 10
-    while actor_name(f"hcsc-{mode}", "clustering") in alive_actor_names() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert actor_name(f"hcsc-{mode}", "clustering") not in alive_actor_names(), "the clustering actor outlived the run"
+    assert wait_until_gone(actor_name(f"hcsc-{mode}", "clustering")), "the clustering actor outlived the run"

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
-import ray
 
 from pipeline.checkpoints import load_checkpoint
 from pipeline.config import load_config, with_overrides
@@ -14,16 +12,12 @@ from pipeline.data.build import build_source
 from pipeline.launch import pretrain
 from pipeline.method_configs import PLUGINS_ENV
 from pipeline.resources import actor_name
+from tests.support.actors import wait_until_gone
 from tests.support.probe_method import read_records
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 NUM_TRAIN = 64
-
-
-def alive_actor_names() -> set[str]:
-    """Return the names of the named actors that are alive."""
-    return {entry["name"] if isinstance(entry, dict) else entry for entry in ray.util.list_named_actors()}
 
 
 def test_probe_method_sees_indices_epoch_context_and_a_surviving_actor(
@@ -77,9 +71,6 @@ def test_probe_method_sees_indices_epoch_context_and_a_surviving_actor(
         for batch in batches:
             assert batch["labels"] == [int(labels[index]) for index in batch["indices"]]
 
-    deadline = time.monotonic() + 10
-    while actor_name("probe", "recorder") in alive_actor_names() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert actor_name("probe", "recorder") not in alive_actor_names(), "the run's actor outlived the run"
+    assert wait_until_gone(actor_name("probe", "recorder")), "the run's actor outlived the run"
     printed = capsys.readouterr().out
     assert "epoch 2/2 loss" in printed and "(RayTrainWorker" not in printed

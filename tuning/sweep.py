@@ -147,12 +147,16 @@ def find_or_create_parent(uri: str, experiment: str, grid: Grid) -> str:
     return run.info.run_id
 
 
-def trial_demand(config: ExperimentConfig) -> dict[str, float]:
-    """Return the CPUs and GPUs one trial holds: its workers, its method's actors and its own driver."""
+def actor_demand(config: ExperimentConfig) -> dict[str, float]:
+    """Return the CPUs and GPUs the method's run-scoped actors reserve for one trial."""
     from pipeline.methods import get_method
     from pipeline.resources import required_resources
 
-    actors = required_resources(get_method(config.method.name).resources(config))
+    return required_resources(get_method(config.method.name).resources(config))
+
+
+def trial_demand(config: ExperimentConfig, actors: dict[str, float]) -> dict[str, float]:
+    """Return the CPUs and GPUs one trial holds: its workers, its method's ``actors`` and its own driver."""
     workers = max(config.ray.num_workers, 1)
     return {
         "CPU": workers * config.ray.cpus_per_worker + actors["CPU"] + TRIAL_DRIVER_RESOURCES["cpu"],
@@ -165,18 +169,16 @@ def check_cluster(plan: SweepPlan, max_concurrent: int) -> int:
     import ray
 
     from pipeline.cluster import ResourceError, check_resources, cluster_address
-    from pipeline.methods import get_method
-    from pipeline.resources import required_resources
 
     available = ray.cluster_resources()
     fits = max_concurrent
     for name, config in plan.configs.items():
-        actors = required_resources(get_method(config.method.name).resources(config))
+        actors = actor_demand(config)
         try:
             check_resources(config.ray, cluster_address(config.ray) is None, actors)
         except ResourceError as exc:
             raise ResourceError(f"trial {name}: {exc}") from None
-        for kind, need in trial_demand(config).items():
+        for kind, need in trial_demand(config, actors).items():
             if need > 0:
                 fits = min(fits, int(available.get(kind, 0.0) // need))
     return max(1, fits)

@@ -28,7 +28,7 @@ from pipeline.config import DataConfig
 from pipeline.data.build import build_source
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
-from pipeline.evaluation.monitor import extract_features
+from pipeline.evaluation.monitor import extract_features, gather_by_index
 from pipeline.method_configs import ClusteringConfig
 
 # Results kept besides the newest: overlap mode reads key e−1 while key e is being computed.
@@ -145,6 +145,4 @@ class ClusteringActor:
             )
         self._network.load_state_dict(weights)
         features, indices = extract_features(self._network, self._loader, self.device)
-        ordered = torch.empty_like(features)
-        ordered[indices] = features
-        return ordered.cpu().numpy()
+        return gather_by_index(features, indices, len(self.labels)).cpu().numpy()
