@@ -244,3 +244,39 @@ class DimConfig(MethodConfig):
     local_stage: Literal["layer1", "layer2", "layer3"] = "layer3"
     local_hidden_dim: int | None = Field(None, ge=1)
     two_view: bool = False
+
+
+@register_params
+class CpcConfig(MethodConfig):
+    """CPC v2 parameters: the patch grid and its per-patch augmentation, the context network, steps and directions."""
+
+    name: Literal["cpc"] = "cpc"
+    grid: int = Field(7, ge=3)
+    steps: int = Field(3, ge=1)
+    directions: list[Literal["down", "up", "right", "left"]] = ["down"]
+    context_dim: int | None = Field(None, ge=1)
+    context_blocks: int = Field(4, ge=1)
+    norm: Literal["layer", "batch"] = "layer"
+    patch_crop_scale: tuple[float, float] = (0.5, 1.0)
+    patch_flip: float = Field(0.5, ge=0, le=1)
+    channel_drop: float = Field(1.0, ge=0, le=1)
+
+    @field_validator("patch_crop_scale")
+    @classmethod
+    def _ordered_fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
+        return value
+
+    @field_validator("directions")
+    @classmethod
+    def _distinct_directions(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"must name at least one direction, each once, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _steps_fit_the_grid(self) -> CpcConfig:
+        if self.steps >= self.grid:
+            raise ValueError(f"steps ({self.steps}) must be smaller than grid ({self.grid}): no row is that far ahead")
+        return self

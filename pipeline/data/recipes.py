@@ -1,7 +1,8 @@
 """Declarative view recipes: what a view does to an image, as plain data.
 
 A recipe is an ordered tuple of steps (crop, flip, colour jitter, grayscale, blur, or the
-deterministic evaluation resize) plus, optionally, patches cut from the view's geometry. It holds
+deterministic evaluation resize) plus, optionally, patches cut from the view's geometry or a grid of
+overlapping patches cut from the finished view. It holds
 numbers only, so any backend can execute it: today ``pipeline.data.views`` runs it per image with
 torchvision; a batched GPU backend can run the same recipe later. The data layer knows no method:
 methods declare their views as recipes (``pipeline.methods.recipes`` holds the official ones).
@@ -124,15 +125,53 @@ class Patches:
 
 
 @dataclass(frozen=True)
+class PatchGrid:
+    """A ``grid`` x ``grid`` grid of overlapping square patches cut from the finished view (CPC's input).
+
+    Patches have side 2S / (grid + 1) and stride half of it (50% overlap) for a view of side S. Each
+    patch is then augmented on its own: a random square sub-crop of area fraction in ``crop_scale``
+    resized back to the patch side, a horizontal flip with probability ``flip``, and, with probability
+    ``channel_drop``, two of its three colour channels dropped (set to the normalised mean, 0).
+    """
+
+    grid: int = 7
+    crop_scale: Range = (0.5, 1.0)
+    flip: float = 0.5
+    channel_drop: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 2:
+            raise ValueError(f"patch grid must be an integer of at least 2, got {self.grid!r}")
+        _check_range("patch grid crop_scale", self.crop_scale, 1e-6, 1.0)
+        _check_probability("patch grid flip", self.flip)
+        _check_probability("patch grid channel_drop", self.channel_drop)
+
+
+def grid_patch_size(image_size: int, grid: int) -> int:
+    """Return the patch side of a ``grid`` x ``grid`` grid with 50% overlap over a view of side ``image_size``."""
+    side, rest = divmod(2 * image_size, grid + 1)
+    if rest or side % 2 or side < 2:
+        raise ValueError(
+            f"method.grid = {grid} (50% overlap) needs an even whole patch side 2 * image_size / {grid + 1}; "
+            f"data.image_size {image_size} gives {2 * image_size / (grid + 1):g} (e.g. 32 -> 8, 64 -> 16, 224 -> 56 "
+            "at grid 7)"
+        )
+    return side
+
+
+@dataclass(frozen=True)
 class ViewRecipe:
-    """One view: its ordered steps and, optionally, patches cut after its geometry steps."""
+    """One view: its ordered steps and, optionally, patches cut after its geometry steps or a patch grid."""
 
     steps: tuple[Step, ...]
     patches: Patches | None = None
+    grid: PatchGrid | None = None
 
     def __post_init__(self) -> None:
         if not self.steps:
             raise ValueError("a view recipe needs at least one step")
+        if self.patches is not None and self.grid is not None:
+            raise ValueError("a view recipe has either patches or a patch grid, not both")
         if self.patches is not None:
             kinds = [isinstance(step, GEOMETRY_STEPS) for step in self.steps]
             first_colour = kinds.index(False) if False in kinds else len(kinds)

@@ -2,7 +2,8 @@
 
 Recipes (``pipeline.data.recipes``) say what a view does; this module is today's backend that does
 it. Every view ends in a float32 tensor normalised by the data source's mean and std. A recipe
-with patches yields ``{"image", "patches", "boxes"}`` instead of a single tensor.
+with patches yields ``{"image", "patches", "boxes"}`` instead of a single tensor; a recipe with a
+patch grid yields its augmented patches ``[G*G, 3, P, P]``, row by row.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import PIL.Image
 import torch
 from torch import Tensor
+from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -23,10 +25,12 @@ from pipeline.data.recipes import (
     GaussianBlur,
     Grayscale,
     HorizontalFlip,
+    PatchGrid,
     RandomResizedCrop,
     ResizeCenterCrop,
     Step,
     ViewRecipe,
+    grid_patch_size,
 )
 
 IMAGENET_NORMALIZATION = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -142,12 +146,62 @@ class PatchView:
         return {"image": self.query_colour(geometry_image), "patches": torch.stack(patches), "boxes": boxes}
 
 
+def grid_cells(image_size: int, grid: int) -> Tensor:
+    """Return the ``[grid * grid, 4]`` cells (x1, y1, x2, y2) of the half-overlapping grid, row by row."""
+    side = grid_patch_size(image_size, grid)
+    starts = torch.arange(grid, dtype=torch.float32) * (side // 2)
+    top, left = torch.meshgrid(starts, starts, indexing="ij")
+    top, left = top.flatten(), left.flatten()
+    return torch.stack([left, top, left + side, top + side], dim=1)
+
+
+class PatchGridView:
+    """A view cut into a grid of half-overlapping patches, each augmented on its own (CPC v2's input)."""
+
+    def __init__(self, recipe: ViewRecipe, data_cfg: DataConfig) -> None:
+        if recipe.grid is None:
+            raise ValueError("PatchGridView needs a recipe with a patch grid")
+        self.settings: PatchGrid = recipe.grid
+        self.cells = grid_cells(data_cfg.image_size, recipe.grid.grid)
+        self.patch_size = int(self.cells[0, 2] - self.cells[0, 0])
+        blur = blur_enabled(data_cfg)
+        self.view = v2.Compose([*_compose(recipe.steps, data_cfg.image_size, blur), *_to_tensor(data_cfg)])
+
+    def sample_boxes(self) -> Tensor:
+        """Return one random square sub-box (x1, y1, x2, y2) inside every grid cell: ``[G*G, 4]``."""
+        count = len(self.cells)
+        low, high = self.settings.crop_scale
+        side = self.patch_size * torch.empty(count).uniform_(low, high).sqrt()
+        left = self.cells[:, 0] + torch.rand(count) * (self.patch_size - side)
+        top = self.cells[:, 1] + torch.rand(count) * (self.patch_size - side)
+        return torch.stack([left, top, left + side, top + side], dim=1)
+
+    def augment(self, view: Tensor, boxes: Tensor) -> Tensor:
+        """Return the patches of ``boxes`` in the normalised ``view`` [3, S, S], flipped and channel-dropped."""
+        # One RoI-align call resamples every patch; aligned pixel centres make a whole cell an exact copy.
+        size = self.patch_size
+        patches = roi_align(view[None], [boxes], output_size=size, spatial_scale=1.0, sampling_ratio=1, aligned=True)
+        count = len(boxes)
+        flip = torch.rand(count) < self.settings.flip
+        patches = torch.where(flip[:, None, None, None], patches.flip(-1), patches)
+        drop = torch.rand(count) < self.settings.channel_drop
+        kept = torch.nn.functional.one_hot(torch.randint(3, (count,)), 3).to(patches.dtype)
+        mask = torch.where(drop[:, None], kept, torch.ones_like(kept))
+        return patches * mask[:, :, None, None]
+
+    def __call__(self, image: PIL.Image.Image) -> Tensor:
+        """Return the augmented patches ``[G*G, 3, P, P]`` of one view of ``image``, row by row."""
+        return self.augment(self.view(image), self.sample_boxes())
+
+
 def build_view(recipe: ViewRecipe, data_cfg: DataConfig) -> View:
     """Return the per-image transform executing ``recipe`` for this data config."""
     if not isinstance(recipe, ViewRecipe):
         raise TypeError(f"build_view expects a ViewRecipe, got {type(recipe).__name__}")
     if recipe.patches is not None:
         return PatchView(recipe, data_cfg)
+    if recipe.grid is not None:
+        return PatchGridView(recipe, data_cfg)
     return v2.Compose([*_compose(recipe.steps, data_cfg.image_size, blur_enabled(data_cfg)), *_to_tensor(data_cfg)])
 
 

@@ -11,6 +11,7 @@ from pipeline.losses.contrastive import (
 )
 from pipeline.losses.infomax import dim_infonce, dim_jsd, local_global_scores
 from pipeline.losses.longtail import class_positive_count, dscl, pbsd, scl
+from pipeline.losses.predictive import cpc_infonce
 from pipeline.losses.prototypes import (
     cluster_concentration,
     icsc,
@@ -40,6 +41,7 @@ __all__ = [
     "cluster_concentration",
     "contrast_accuracy",
     "contrast_logits",
+    "cpc_infonce",
     "dim_infonce",
     "dim_jsd",
     "dscl",

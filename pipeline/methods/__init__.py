@@ -34,7 +34,7 @@ def get_method(name: str) -> type[Method]:
 
 def _load_builtins() -> None:
     """Import the built-in method modules and the ``PIPELINE_PLUGINS`` modules so that they register themselves."""
-    from pipeline.methods import ascl, dim, dscl, hcsc, moco, selfcon, supcon  # noqa: F401
+    from pipeline.methods import ascl, cpc, dim, dscl, hcsc, moco, selfcon, supcon  # noqa: F401
 
     load_plugins()
 

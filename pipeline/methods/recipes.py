@@ -2,7 +2,8 @@
 
 Sources: MoCo v2 (Chen et al. 2020, official repo), SupCon (Khosla et al. 2020, official repo),
 ASCL's weak key view (crop and flip only), DSCL's key view (jitter without hue, no grayscale or
-blur) and PBSD's query with patches (Xuan et al. 2023). See docs/methods.md.
+blur), PBSD's query with patches (Xuan et al. 2023) and CPC v2's patch grid (Hénaff et al. 2020). See
+docs/methods.md.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pipeline.data.recipes import (
     Grayscale,
     HorizontalFlip,
     Patches,
+    PatchGrid,
     RandomResizedCrop,
     ViewRecipe,
 )
@@ -33,3 +35,8 @@ def pbsd_query(count: int = 5, scale: tuple[float, float] = (0.05, 0.6), size: i
         (CROP, HorizontalFlip(), *STRONG_COLOUR),
         patches=Patches(count=count, scale=scale, size=size, steps=STRONG_COLOUR),
     )
+
+
+def cpc_view(grid: PatchGrid) -> ViewRecipe:
+    """Return CPC v2's view: a crop and flip of the image, cut into ``grid``'s patches, each augmented on its own."""
+    return ViewRecipe((CROP, HorizontalFlip()), grid=grid)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 from pipeline.config import ModelConfig
+from pipeline.models.norm import NormKind
 from pipeline.models.norm import norm_layer as make_norm_layer
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -122,7 +122,7 @@ class ResNet(nn.Module):
         return global_avg_pool(self.forward_map(x))
 
 
-def build_backbone(model_cfg: ModelConfig, norm: Literal["plain", "split"]) -> ResNet:
-    """Return the ResNet described by the model config, with plain or split batch norm."""
+def build_backbone(model_cfg: ModelConfig, norm: NormKind) -> ResNet:
+    """Return the ResNet described by the model config, with plain or split batch norm or layer norm."""
     depth = int(model_cfg.backbone.removeprefix("resnet"))
     return ResNet(depth, model_cfg.cifar_stem, model_cfg.width, make_norm_layer(norm, model_cfg.bn_splits))

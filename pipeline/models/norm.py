@@ -1,4 +1,4 @@
-"""Batch normalisation layers: plain BN and split BN (MoCo's single-worker stand-in for shuffle-BN)."""
+"""Normalisation layers: plain BN, split BN (MoCo's single-worker stand-in for shuffle-BN) and layer norm (CPC v2)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-NormKind = Literal["plain", "split"]
+NormKind = Literal["plain", "split", "layer"]
 
 
 class SplitBatchNorm2d(nn.BatchNorm2d):
@@ -61,12 +61,19 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return f"{super().extra_repr()}, num_splits={self.num_splits}"
 
 
+def layer_norm(num_features: int) -> nn.GroupNorm:
+    """Return a layer norm over (C, H, W) of each sample with a per-channel affine: one group of all channels."""
+    return nn.GroupNorm(1, num_features)
+
+
 def norm_layer(kind: NormKind, splits: int = 1) -> Callable[[int], nn.Module]:
-    """Return a factory ``num_features -> BN module`` of the given kind (``splits`` only for split BN)."""
+    """Return a factory ``num_features -> norm module`` of the given kind (``splits`` only for split BN)."""
     if kind == "plain":
         return nn.BatchNorm2d
+    if kind == "layer":
+        return layer_norm
     if kind == "split":
         if splits < 1:
             raise ValueError(f"split batch norm needs splits >= 1, got {splits}")
         return functools.partial(SplitBatchNorm2d, num_splits=splits)
-    raise ValueError(f"unknown norm kind {kind!r}; expected 'plain' or 'split'")
+    raise ValueError(f"unknown norm kind {kind!r}; expected 'plain', 'split' or 'layer'")

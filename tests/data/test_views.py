@@ -1,4 +1,4 @@
-"""Tests of the view recipes and their torchvision executor: shapes, normalisation, blur rule, patches, collation."""
+"""Tests of the view recipes and their torchvision executor: shapes, normalisation, blur, patches, grids, collation."""
 
 from __future__ import annotations
 
@@ -17,20 +17,25 @@ from pipeline.data.recipes import (
     Grayscale,
     HorizontalFlip,
     Patches,
+    PatchGrid,
     RandomResizedCrop,
+    ResizeCenterCrop,
     ViewRecipe,
 )
 from pipeline.data.views import (
     IMAGENET_NORMALIZATION,
     MultiView,
+    PatchGridView,
     PatchView,
     blur_enabled,
     blur_kernel_size,
     build_view,
     build_views,
     default_patch_size,
+    grid_cells,
     normalization,
 )
+from pipeline.models.patch_grid import cut_grid
 
 COLOUR = (ColorJitter(), Grayscale(), GaussianBlur())
 STRONG = ViewRecipe((RandomResizedCrop(), *COLOUR, HorizontalFlip()))
@@ -246,6 +251,10 @@ def test_patches_get_independent_colour_augmentation() -> None:
         (lambda: HorizontalFlip(p=1.5), "flip p"),
         (lambda: ColorJitter(hue=0.7), "hue"),
         (lambda: GaussianBlur(p=-0.1), "blur p"),
+        (lambda: PatchGrid(grid=1), "patch grid must be"),
+        (lambda: PatchGrid(crop_scale=(0.0, 1.0)), "crop_scale"),
+        (lambda: PatchGrid(channel_drop=2.0), "channel_drop"),
+        (lambda: ViewRecipe((RandomResizedCrop(),), patches=Patches(), grid=PatchGrid()), "not both"),
     ],
 )
 def test_bad_recipes_are_rejected(make: object, message: str) -> None:
@@ -273,3 +282,54 @@ def test_multi_view_collates_to_dict_of_batches() -> None:
 def test_multi_view_needs_a_view() -> None:
     with pytest.raises(ValueError, match="at least one view"):
         MultiView({})
+
+
+def grid_view(grid: PatchGrid, size: int = 32) -> PatchGridView:
+    """Return a patch-grid view of the deterministic evaluation geometry."""
+    view = build_view(ViewRecipe((ResizeCenterCrop(),), grid=grid), DataConfig(source="cifar10", image_size=size))
+    assert isinstance(view, PatchGridView)
+    return view
+
+
+def test_grid_view_without_augmentation_is_the_evaluation_grid() -> None:
+    image = random_image(32, 32)
+    patches = grid_view(PatchGrid(7, crop_scale=(1.0, 1.0), flip=0.0, channel_drop=0.0))(image)
+    whole = build_view(EVAL_VIEW, DataConfig(source="cifar10", image_size=32))(image)
+    assert patches.shape == (49, 3, 8, 8) and patches.dtype == torch.float32
+    torch.testing.assert_close(patches, cut_grid(whole[None], 7)[0])
+
+
+def test_grid_cells_are_row_major_with_half_overlap() -> None:
+    cells = grid_cells(64, 7)
+    assert cells.shape == (49, 4)
+    assert cells[1].tolist() == [8, 0, 24, 16] and cells[7].tolist() == [0, 8, 16, 24]
+    assert cells[-1].tolist() == [48, 48, 64, 64]
+
+
+def test_grid_sub_crops_stay_inside_their_cells_with_the_requested_area() -> None:
+    torch.manual_seed(0)
+    view = grid_view(PatchGrid(7, crop_scale=(0.3, 0.6)), size=64)
+    boxes = torch.cat([view.sample_boxes() for _ in range(20)])
+    cells = view.cells.repeat(20, 1)
+    assert torch.all(boxes[:, :2] >= cells[:, :2] - 1e-5) and torch.all(boxes[:, 2:] <= cells[:, 2:] + 1e-5)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / 16**2
+    assert area.min() >= 0.3 - 1e-5 and area.max() <= 0.6 + 1e-5
+    torch.testing.assert_close(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
+def test_grid_flips_mirror_whole_patches() -> None:
+    image = random_image(32, 32)
+    plain = grid_view(PatchGrid(7, crop_scale=(1.0, 1.0), flip=0.0, channel_drop=0.0))(image)
+    flipped = grid_view(PatchGrid(7, crop_scale=(1.0, 1.0), flip=1.0, channel_drop=0.0))(image)
+    torch.testing.assert_close(flipped, plain.flip(-1))
+
+
+def test_channel_dropping_keeps_one_random_channel_per_patch() -> None:
+    torch.manual_seed(0)
+    image = random_image(32, 32)
+    plain = grid_view(PatchGrid(7, crop_scale=(1.0, 1.0), flip=0.0, channel_drop=0.0))(image)
+    dropped = grid_view(PatchGrid(7, crop_scale=(1.0, 1.0), flip=0.0, channel_drop=1.0))(image)
+    kept = dropped.abs().sum(dim=(2, 3)) > 0  # [49, 3]
+    assert torch.all(kept.sum(dim=1) == 1)
+    assert len(set(kept.float().argmax(dim=1).tolist())) == 3  # every channel is kept by some patch
+    torch.testing.assert_close(dropped, plain * kept[:, :, None, None])

@@ -1,0 +1,103 @@
+"""CPC v2 (Hénaff et al. 2020): predict the vectors of patches further down an image from a causal context.
+
+Each image is cut into a grid of half-overlapping patches (7x7 by default), each encoded on its own by
+the backbone (layer norm in place of batch norm by default, as CPC v2) into a pooled vector z[r, c].
+A masked convolutional context network gives c[r, c] from rows <= r; a linear map W_k per step
+k = 1..K predicts z[r + k, c] from c[r, c], and the InfoNCE loss scores each prediction against every
+patch vector of the worker's batch. Other directions (``up``, ``right``, ``left``) orient the grid
+so that "ahead" is downwards and add their own context network and predictors. The evaluated
+features are the mean patch vector over the grid.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.config import ExperimentConfig
+from pipeline.data.recipes import PatchGrid, ViewRecipe, grid_patch_size
+from pipeline.losses import cpc_infonce
+from pipeline.method_configs import CpcConfig
+from pipeline.methods import register_method
+from pipeline.methods.base import Method
+from pipeline.methods.context import Batch, MethodContext, StepInfo
+from pipeline.methods.recipes import cpc_view
+from pipeline.models.backbones import build_backbone
+from pipeline.models.causal import CausalContext
+from pipeline.models.patch_grid import PatchGridEncoder
+
+
+def orient(vectors: Tensor, direction: str) -> Tensor:
+    """Return the grid [B, G, G, D] turned so that ``direction`` points down the rows (a view, no copy)."""
+    if direction == "down":
+        return vectors
+    if direction == "up":
+        return vectors.flip(1)
+    if direction == "right":
+        return vectors.transpose(1, 2)
+    if direction == "left":
+        return vectors.transpose(1, 2).flip(1)
+    raise ValueError(f"unknown direction {direction!r}; expected down, up, right or left")
+
+
+@register_method
+class Cpc(Method[CpcConfig]):
+    """CPC v2: patch vectors, a causal context network and linear k-step predictors under InfoNCE."""
+
+    name = "cpc"
+
+    def __init__(self, context: MethodContext) -> None:
+        super().__init__(context)
+        params = self.params
+        if params.norm == "layer":
+            norm = "layer"
+        else:
+            norm = "split" if context.batch_norm == "split" else "plain"
+        backbone = build_backbone(context.config.model, norm=norm)
+        self.encoder = PatchGridEncoder(backbone, params.grid)
+        dim = backbone.feature_dim
+        channels = params.context_dim or dim
+        self.contexts = nn.ModuleDict(
+            {direction: CausalContext(dim, channels, params.context_blocks) for direction in params.directions}
+        )
+        self.predictors = nn.ModuleDict(
+            {direction: nn.Linear(channels, params.steps * dim, bias=False) for direction in params.directions}
+        )
+
+    @classmethod
+    def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
+        """Return one view, ``grid``: the image's patches ``[G*G, 3, P, P]``, each augmented on its own."""
+        params = config.method
+        grid = PatchGrid(params.grid, tuple(params.patch_crop_scale), params.patch_flip, params.channel_drop)
+        return {"grid": cpc_view(grid)}
+
+    @classmethod
+    def validate(cls, config: ExperimentConfig, world_size: int) -> None:
+        """Raise ValueError naming the key if the image size does not fit the grid or batch-norm settings are moot."""
+        super().validate(config, world_size)
+        grid_patch_size(config.data.image_size, config.method.grid)
+        if config.method.norm == "layer" and config.model.batch_norm not in ("auto", "plain"):
+            raise ValueError(
+                f"model.batch_norm = {config.model.batch_norm!r} has no batch norm to act on with method.norm = "
+                "'layer'; set method.norm = 'batch' or leave model.batch_norm at auto"
+            )
+
+    def evaluation_networks(self) -> dict[str, nn.Module]:
+        """Return the patch-grid encoder: the mean patch vector of the evaluation view's grid."""
+        return {"backbone": self.encoder}
+
+    def predict(self, vectors: Tensor, direction: str) -> tuple[Tensor, Tensor]:
+        """Return the oriented grid [B, G, G, D] and its predictions [B, G, G, K, D] for one direction."""
+        oriented = orient(vectors, direction)
+        contexts = self.contexts[direction](oriented.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        predictions = self.predictors[direction](contexts)
+        return oriented, predictions.unflatten(-1, (self.params.steps, vectors.shape[-1]))
+
+    def forward(self, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
+        """Return the InfoNCE loss averaged over the directions."""
+        vectors = self.encoder.patch_vectors(batch.views["grid"])
+        pairs = [self.predict(vectors, direction) for direction in self.params.directions]
+        # Every prediction is scored against B*G*G patch vectors: the logits and softmax run in float32.
+        with torch.autocast(vectors.device.type, enabled=False):
+            loss = torch.stack([cpc_infonce(grid.float(), predictions.float()) for grid, predictions in pairs]).mean()
+        return {"loss": loss, "cpc": loss.detach()}

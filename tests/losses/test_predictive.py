@@ -1,0 +1,84 @@
+"""CPC's InfoNCE over a grid of patch vectors against a brute-force loop, and its targets for every step k."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.losses import cpc_infonce
+
+
+def random_grid(batch: int = 2, grid: int = 4, steps: int = 2, dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return float64 patch vectors [B, G, G, D] and predictions [B, G, G, K, D]."""
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(batch, grid, grid, dim, generator=generator, dtype=torch.float64)
+    predictions = torch.randn(batch, grid, grid, steps, dim, generator=generator, dtype=torch.float64)
+    return vectors, predictions
+
+
+def brute_force(vectors: torch.Tensor, predictions: torch.Tensor) -> float:
+    """Return the loss by explicit loops: every (image, row, column) prediction against every patch of the batch."""
+    batch, grid, _, steps, _ = predictions.shape
+    per_step = []
+    for k in range(1, steps + 1):
+        terms = []
+        for b in range(batch):
+            for r in range(grid - k):
+                for c in range(grid):
+                    query = predictions[b, r, c, k - 1]
+                    cells = [(b2, r2, c2) for b2 in range(batch) for r2 in range(grid) for c2 in range(grid)]
+                    scores = [float(query @ vectors[cell]) for cell in cells]
+                    positive = float(query @ vectors[b, r + k, c])
+                    terms.append(math.log(sum(math.exp(s) for s in scores)) - positive)
+        per_step.append(sum(terms) / len(terms))
+    return sum(per_step) / steps
+
+
+def test_loss_matches_the_brute_force_loop() -> None:
+    vectors, predictions = random_grid()
+    assert float(cpc_infonce(vectors, predictions)) == pytest.approx(brute_force(vectors, predictions), rel=1e-10)
+
+
+def test_rows_without_a_target_do_not_count() -> None:
+    vectors, predictions = random_grid()
+    changed = predictions.clone()
+    changed[:, -1, :, 0] += 5.0  # the last row has nothing 1 row below
+    changed[:, -2:, :, 1] -= 3.0  # nor anything 2 rows below in its last two rows
+    assert float(cpc_infonce(vectors, changed)) == pytest.approx(float(cpc_infonce(vectors, predictions)), rel=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_each_step_targets_the_patch_k_rows_below(k: int) -> None:
+    # Orthonormal patch vectors: a prediction equal to a scaled copy of its target scores ~0 loss,
+    # one that points at the patch a row off scores ~the scale.
+    batch, grid, steps = 2, 5, 3
+    vectors = torch.eye(batch * grid * grid, dtype=torch.float64).view(batch, grid, grid, -1)
+    right = torch.zeros(batch, grid, grid, steps, vectors.shape[-1], dtype=torch.float64)
+    wrong = right.clone()
+    right[:, : grid - k, :, k - 1] = 30.0 * vectors[:, k:, :]
+    wrong[:, : grid - k, :, k - 1] = 30.0 * vectors[:, k - 1 : grid - 1, :]
+    # With the other steps' predictions at zero, each of them contributes log(N) exactly.
+    others = (steps - 1) * math.log(batch * grid * grid) / steps
+    assert float(cpc_infonce(vectors, right)) == pytest.approx(others, abs=1e-9)
+    assert float(cpc_infonce(vectors, wrong)) == pytest.approx(others + 30.0 / steps, abs=1e-6)
+
+
+def test_gradients_reach_vectors_and_predictions() -> None:
+    vectors, predictions = random_grid()
+    vectors.requires_grad_(True)
+    predictions.requires_grad_(True)
+    cpc_infonce(vectors, predictions).backward()
+    assert vectors.grad.abs().sum() > 0 and predictions.grad.abs().sum() > 0
+    # Predictions of rows with no target get no gradient.
+    assert predictions.grad[:, -1, :, 0].abs().sum() == 0
+
+
+def test_bad_shapes_are_refused() -> None:
+    vectors, predictions = random_grid(steps=2)
+    with pytest.raises(ValueError, match="do not match"):
+        cpc_infonce(vectors[:, :, :, :2], predictions)
+    _, too_far = random_grid(steps=4)
+    with pytest.raises(ValueError, match="steps < rows"):
+        cpc_infonce(vectors, too_far)

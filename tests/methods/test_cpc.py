@@ -1,0 +1,131 @@
+"""CPC v2 method: its grid view, the loss on its own encodings in every direction, layer norm, errors, evaluation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import load_config, with_overrides
+from pipeline.data.recipes import PatchGrid
+from pipeline.losses import cpc_infonce
+from pipeline.methods import Batch, StepInfo, get_method
+from pipeline.methods.cpc import orient
+from pipeline.methods.recipes import cpc_view
+from pipeline.models.patch_grid import cut_grid
+from tests.data.test_views import random_image
+from tests.support.methods import make_method
+
+GRID = {"method.grid": 3, "method.steps": 2}  # 16 px images: a 3x3 grid of 8 px patches
+
+
+def make(**overrides: object):
+    """Return a tiny CPC on one worker (batch 4, 16 px, 3x3 grid)."""
+    return make_method("cpc", num_classes=3, batch_size=4, **{**GRID, **overrides})
+
+
+def batch_of(images: torch.Tensor) -> Batch:
+    """Return a batch whose grid view is the deterministic grid of ``images``."""
+    return Batch({"grid": cut_grid(images, 3)}, torch.zeros(len(images), dtype=torch.long), torch.arange(len(images)))
+
+
+def test_the_view_is_a_crop_and_flip_cut_into_the_configured_grid() -> None:
+    method = make(**{"method.patch_crop_scale": [0.4, 0.9], "method.channel_drop": 0.5})
+    views = method.views(method.context.config)
+    assert views == {"grid": cpc_view(PatchGrid(3, (0.4, 0.9), 0.5, 0.5))}
+    output = method.train_transform(method.context.config)
+    assert output(random_image(16, 16))["grid"].shape == (9, 3, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("direction", "origin", "ahead"),
+    [("down", (0, 0), (1, 0)), ("up", (3, 0), (2, 0)), ("right", (0, 0), (0, 1)), ("left", (0, 3), (0, 2))],
+)
+def test_orient_turns_each_direction_downwards(direction: str, origin: tuple[int, int], ahead: tuple[int, int]) -> None:
+    grid = torch.arange(16.0).view(1, 4, 4, 1)
+    turned = orient(grid, direction)[0, :, :, 0]
+    # The oriented grid starts where the direction starts; one row below is the next cell that way.
+    assert turned[0, 0] == grid[0, origin[0], origin[1], 0]
+    assert turned[1, 0] == grid[0, ahead[0], ahead[1], 0]
+
+
+def test_loss_is_infonce_on_its_own_vectors_and_predictions_averaged_over_directions() -> None:
+    method = make(**{"method.directions": ["down", "up", "left"]}).eval()
+    images = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        losses = method(batch_of(images), StepInfo(0, 0, 10))
+        vectors = method.encoder.patch_vectors(cut_grid(images, 3))
+        expected = torch.stack([cpc_infonce(*method.predict(vectors, d)) for d in ("down", "up", "left")]).mean()
+    assert vectors.shape == (4, 3, 3, 32)
+    assert float(losses["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert set(losses) == {"loss", "cpc"}
+
+
+def test_predictions_of_a_row_come_from_the_rows_above_only() -> None:
+    method = make(**{"method.grid": 4, "method.steps": 3, "data.image_size": 20}).eval()
+    vectors = torch.randn(2, 4, 4, 32)
+    changed = vectors.clone()
+    changed[:, 2] += 1.0
+    with torch.no_grad():
+        _, before = method.predict(vectors, "down")
+        _, after = method.predict(changed, "down")
+    assert torch.equal(before[:, :2], after[:, :2]) and not torch.allclose(before[:, 2], after[:, 2])
+
+
+def test_layer_norm_by_default_batch_norm_on_request() -> None:
+    def batch_norms(method: nn.Module) -> int:
+        return sum(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in method.modules())
+
+    assert batch_norms(make()) == 0
+    assert batch_norms(make(**{"method.norm": "batch"})) > 0
+
+
+def test_training_steps_lower_the_loss_and_reach_every_part() -> None:
+    method = make(**{"method.directions": ["down", "right"]})
+    images = torch.randn(4, 3, 16, 16)
+    optimizer = torch.optim.Adam(method.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss = method(batch_of(images), StepInfo(0, 0, 10))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        losses.append(float(loss.detach()))
+        optimizer.step()
+    assert losses[-1] < losses[0]
+    for name in ("encoder.backbone.conv1", "contexts.down.project", "contexts.right.blocks", "predictors.right"):
+        grads = [p.grad for n, p in method.named_parameters() if n.startswith(name)]
+        assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), name
+
+
+def test_the_evaluated_features_are_the_mean_patch_vector_of_the_whole_image() -> None:
+    method = make().eval()
+    images = torch.randn(2, 3, 16, 16)
+    network = method.evaluation_networks()["backbone"]
+    with torch.no_grad():
+        torch.testing.assert_close(network(images), method.encoder.patch_vectors(cut_grid(images, 3)).mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"method.steps": 3}, "steps .3. must be smaller than grid .3."),
+        ({"method.directions": ["down", "down"]}, "each once"),
+        ({"method.directions": ["sideways"]}, "directions"),
+        ({"method.patch_crop_scale": [0.9, 0.2]}, "patch_crop_scale"),
+        ({"method.channel_drop": 1.5}, "channel_drop"),
+    ],
+)
+def test_bad_parameters_name_their_key(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        with_overrides(load_config(None, ["method.name=cpc"]), {**GRID, **overrides})
+
+
+def test_validate_names_the_image_size_and_moot_batch_norm_settings() -> None:
+    cpc = get_method("cpc")
+    config = with_overrides(load_config("cpc_synthetic.yaml"), {"data.image_size": 30})
+    with pytest.raises(ValueError, match=r"method.grid = 7 .*data.image_size 30"):
+        cpc.validate(config, world_size=1)
+    config = with_overrides(load_config("cpc_synthetic.yaml"), {"model.batch_norm": "split"})
+    with pytest.raises(ValueError, match="model.batch_norm = 'split' .*method.norm = 'layer'"):
+        cpc.validate(config, world_size=1)
+    cpc.validate(with_overrides(config, {"method.norm": "batch"}), world_size=1)
