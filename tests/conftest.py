@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.configs import Reference, tiny_config
+
 ROOT = Path(__file__).resolve().parent.parent
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -30,6 +32,17 @@ def ray_session() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Reference:
+    """Return the tiny quickstart (2 workers, 2 epochs, pixel baseline on) run once for the whole session."""
+    from pipeline.launch import pretrain
+
+    folder = tmp_path_factory.mktemp("reference")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    result = pretrain(tiny_config(folder, uri, **{"ray.run_name": "reference", "eval.pixel_baseline": True}))
+    return Reference(result, uri)
 
 
 @pytest.fixture()

@@ -12,16 +12,15 @@ from pipeline.checkpoints import METRICS_FILE, checkpoint_metrics, latest_checkp
 from pipeline.cluster import ResourceError, check_resources
 from pipeline.config import ConfigError
 from pipeline.launch import pretrain
-from tests.support.configs import tiny_config
+from tests.support.configs import Reference, tiny_config
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 STEPS_PER_EPOCH = 4  # 64 images / global batch 16
 
 
-def test_two_worker_moco_run_is_recorded_in_mlflow(tmp_path: Path, mlflow_uri: str) -> None:
-    config = tiny_config(tmp_path, mlflow_uri, **{"eval.pixel_baseline": True})
-    result = pretrain(config)
+def test_two_worker_moco_run_is_recorded_in_mlflow(tiny_reference: Reference) -> None:
+    result, mlflow_uri = tiny_reference.result, tiny_reference.mlflow_uri
 
     assert 0.0 <= result.metrics["knn/top1"] <= 100.0
     assert result.pixel_knn_top1 is not None
@@ -48,8 +47,8 @@ def test_two_worker_moco_run_is_recorded_in_mlflow(tmp_path: Path, mlflow_uri: s
     assert run.data.tags["checkpoint"] == result.checkpoint_path
 
 
-def test_stopped_run_resumes_exactly(tmp_path: Path, mlflow_uri: str) -> None:
-    reference = pretrain(tiny_config(tmp_path, mlflow_uri, **{"ray.run_name": "reference"}))
+def test_stopped_run_resumes_exactly(tmp_path: Path, mlflow_uri: str, tiny_reference: Reference) -> None:
+    reference = tiny_reference.result
 
     stopped = tiny_config(
         tmp_path, mlflow_uri, **{"ray.run_name": "stopped", "train.inject_failure_at_epoch": 2, "ray.max_failures": 0}
@@ -75,19 +74,6 @@ def test_stopped_run_resumes_exactly(tmp_path: Path, mlflow_uri: str) -> None:
     steps = sorted(m.step for m in client.get_metric_history(stopped_run_id, "train/loss"))
     assert steps == [0, 1]
     assert client.get_run(stopped_run_id).info.status == "FINISHED"
-
-
-def test_crashed_worker_is_restarted_from_checkpoint(tmp_path: Path, mlflow_uri: str) -> None:
-    config = tiny_config(
-        tmp_path, mlflow_uri, **{"ray.run_name": "faulty", "train.inject_failure_at_epoch": 2, "ray.max_failures": 1}
-    )
-    result = pretrain(config)
-    assert (tmp_path / "runs" / "faulty" / ".injected_failure").exists()
-    assert load_checkpoint(Path(result.checkpoint_path))["epoch"] == 2
-    client = MlflowClient(mlflow_uri)
-    epochs = {m.step for m in client.get_metric_history(result.mlflow_run_id, "train/loss")}
-    assert epochs == {0, 1}
-    assert len(client.get_metric_history(result.mlflow_run_id, "final/knn/top1")) == 1
 
 
 def test_requests_beyond_a_local_cluster_fail_clearly(tmp_path: Path, mlflow_uri: str) -> None:

@@ -6,7 +6,9 @@ per trial tagged with its axis values, seed and name. Every trial is validated b
 Run the same command again after an interrupt or a failure: finished trials are kept, the others
 resume from their checkpoints and their MLflow runs; nothing is recorded twice. A failed trial is
 reported with its error and the other trials go on. The report (``tuning.report``) is written at the
-end, and can be run any time while the sweep is in progress.
+end, and can be run any time while the sweep is in progress. Exit codes: 0 every trial finished, 1
+some failed, 130 interrupted (Ctrl+C) with trials unfinished, 2 bad input; the parent run ends
+FINISHED, FAILED or KILLED accordingly and is RUNNING again while a re-run resumes it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ SWEEP_TAG = "sweep"
 TRIALS_ARTIFACT = "trials.json"
 # The trial's own driver needs no CPU of its own: its TorchTrainer's workers reserve the real ones.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
+# Reported with a trial's final figures: Tune's results carry bookkeeping keys even for trials that never reported.
+FINISHED_KEY = "sweep/finished"
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,32 @@ class SweepPlan:
     configs: dict[str, ExperimentConfig]
 
 
+@dataclass(frozen=True)
+class SweepOutcome:
+    """How one run of the sweep command ended: the failed trials ``(name, error)`` and the unfinished ones."""
+
+    failed: list[tuple[str, str]]
+    unfinished: list[str]
+
+    @property
+    def status(self) -> str:
+        """Return the parent run's MLflow status: KILLED if interrupted, FAILED if a trial failed, else FINISHED."""
+        if self.unfinished:
+            return "KILLED"
+        return "FAILED" if self.failed else "FINISHED"
+
+    @property
+    def exit_code(self) -> int:
+        """Return the command's exit code: 130 if interrupted, 1 if a trial failed, else 0."""
+        return {"KILLED": 130, "FAILED": 1, "FINISHED": 0}[self.status]
+
+
 def trial_metrics(result: Any, protocol: str) -> dict[str, float]:
     """Return a finished pretraining's figures for Tune, named as in MLflow: last epoch's and ``eval/...`` ones."""
     metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, int | float)}
     for network, figures in (result.evaluation or {}).items():
         metrics.update({f"eval/{protocol}/{network}/{key}": float(value) for key, value in figures.items()})
-    return metrics
+    return {**metrics, FINISHED_KEY: 1.0}
 
 
 def run_trial(trial_config: dict[str, Any]) -> None:
@@ -133,6 +157,7 @@ def find_or_create_parent(uri: str, experiment: str, grid: Grid) -> str:
                 f"sweep {grid.sweep_name} already exists (MLflow run {parent}) with other trials: "
                 f"rename the grid or remove the old sweep to run a changed grid"
             )
+        client.update_run(parent, status="RUNNING")
         return parent
     tags = {SWEEP_TAG: grid.sweep_name, "sweep_role": "parent", "grid": str(grid.path)}
     run = client.create_run(experiment_id, tags=tags, run_name=grid.sweep_name)
@@ -184,8 +209,8 @@ def check_cluster(plan: SweepPlan, max_concurrent: int) -> int:
     return max(1, fits)
 
 
-def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, list[tuple[str, str]]]:
-    """Run (or resume) the sweep; return its plan and the failed trials as ``(name, error)``."""
+def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]:
+    """Run (or resume) the sweep until it ends or is interrupted; return its plan and how it ended."""
     from ray import tune
 
     from pipeline.cluster import ensure_ray
@@ -212,13 +237,17 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, list[tuple[st
         f"sweep {grid.sweep_name}: {len(grid.trials)} trials, up to {concurrent} at once; "
         f"MLflow parent run {plan.parent_run_id} in {plan.tracking_uri}"
     )
+    # On SIGINT Tune saves its state and fit() returns: trials that neither reported nor failed are unfinished.
     results = tuner.fit()
-    failed = []
+    failed, finished = [], set()
     for result in results:
         name = result.config["config"]["ray"]["run_name"] if result.config else "?"
         if result.error is not None:
             failed.append((name, str(result.error).strip().splitlines()[-1]))
-    return plan, failed
+        elif (result.metrics or {}).get(FINISHED_KEY):
+            finished.add(name)
+    done = finished | {name for name, _ in failed}
+    return plan, SweepOutcome(failed, [trial.name for trial in grid.trials if trial.name not in done])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,19 +274,26 @@ def main(argv: list[str] | None = None) -> int:
     from tuning.report import write_report
 
     try:
-        plan, failed = run_sweep(grid, args.max_concurrent)
+        plan, outcome = run_sweep(grid, args.max_concurrent)
     except (GridError, ResourceError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name, error in failed:
+    for name, error in outcome.failed:
         print(f"trial {name} failed: {error}")
     report = write_report(plan.tracking_uri, plan.parent_run_id)
     print(report.markdown)
     print(f"report files in {report.folder} (also artifacts of MLflow run {plan.parent_run_id})")
-    if failed:
-        print(f"{len(failed)} of {len(grid.trials)} trials failed; run the same command again to retry them")
-        return 1
-    return 0
+    from mlflow import MlflowClient
+
+    MlflowClient(plan.tracking_uri).set_terminated(plan.parent_run_id, status=outcome.status)
+    if outcome.unfinished:
+        print(
+            f"interrupted: {len(outcome.unfinished)} of {len(grid.trials)} trials unfinished "
+            f"({', '.join(outcome.unfinished)}); run the same command again to resume them"
+        )
+    elif outcome.failed:
+        print(f"{len(outcome.failed)} of {len(grid.trials)} trials failed; run the same command again to retry them")
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

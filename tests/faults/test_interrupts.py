@@ -22,7 +22,7 @@ from mlflow import MlflowClient
 from pipeline.checkpoints import CHECKPOINT_FILE, load_checkpoint
 from pipeline.faults import PAUSE_ENV, pause_marker
 from pipeline.launch import pretrain
-from tests.support.configs import tiny_config, tiny_overrides
+from tests.support.configs import Reference, tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -137,9 +137,9 @@ def test_interrupts_at_any_point_resume_to_the_uninterrupted_result(tmp_path: Pa
 
 
 def test_a_worker_killed_mid_epoch_is_restarted_to_the_same_result(
-    tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, tiny_reference: Reference
 ) -> None:
-    reference = pretrain(tiny_config(tmp_path, mlflow_uri, **{"ray.run_name": "reference"}))
+    reference = tiny_reference.result
     monkeypatch.setenv(PAUSE_ENV, "mid_epoch:2")
     config = tiny_config(tmp_path, mlflow_uri, **{"ray.run_name": "killed", "ray.max_failures": 1})
     marker = pause_marker(tmp_path / "runs" / "killed", "mid_epoch", 2)
@@ -159,5 +159,6 @@ def test_a_worker_killed_mid_epoch_is_restarted_to_the_same_result(
         assert torch.equal(final["method"][key], value), key
     client = MlflowClient(mlflow_uri)
     assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
+    recorded = MlflowClient(tiny_reference.mlflow_uri)
     for metric in HISTORY:
-        assert history(client, result.mlflow_run_id, metric) == history(client, reference.mlflow_run_id, metric)
+        assert history(client, result.mlflow_run_id, metric) == history(recorded, reference.mlflow_run_id, metric)

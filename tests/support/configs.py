@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import ExperimentConfig, load_config, with_overrides
@@ -31,3 +32,11 @@ def tiny_overrides(tmp_path: Path, mlflow_uri: str, **overrides: object) -> dict
 def tiny_config(tmp_path: Path, mlflow_uri: str, **overrides: object) -> ExperimentConfig:
     """Return the quickstart shrunk to seconds: 64 images, width-4 ResNet-18, 2 workers, 2 epochs."""
     return with_overrides(load_config("quickstart.yaml"), tiny_overrides(tmp_path, mlflow_uri, **overrides))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The uninterrupted tiny run that the resume and fault tests compare against, and where it is recorded."""
+
+    result: object
+    mlflow_uri: str

@@ -1,8 +1,12 @@
-"""A quick sweep on Ray Tune: parent and child runs in MLflow, a failing trial, a re-run that keeps finished trials,
-and the report (table, CSV, plots) attached to the parent run."""
+"""A quick sweep on Ray Tune: parent and child runs in MLflow, a failing trial, an interrupt, a re-run that keeps
+finished trials and resumes the unfinished one, and the report (table, CSV, plots) attached to the parent run."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def write_grid(tmp_path: Path, mlflow_uri: str) -> Path:
-    """Write a 2-trial grid on the tiny quickstart (one worker): synthetic data, and a missing CIFAR-10 folder."""
+    """Write a 3-trial grid on the tiny quickstart (one worker): synthetic, a missing CIFAR-10 folder, synthetic."""
     tiny = {**TINY, "ray.storage_path": str(tmp_path / "runs"), "tracking.uri": mlflow_uri}
     grid = {
         "name": "tiny_sweep",
@@ -24,7 +28,13 @@ def write_grid(tmp_path: Path, mlflow_uri: str) -> Path:
         "full": {
             "base": "quickstart.yaml",
             "set": tiny,
-            "zip": [{"data.source": ["synthetic", "cifar10"], "data.root": [None, str(tmp_path / "no_cifar")]}],
+            "zip": [
+                {
+                    "data.source": ["synthetic", "cifar10", "synthetic"],
+                    "data.root": [None, str(tmp_path / "no_cifar"), None],
+                    "method.temperature": [0.1, 0.1, 0.2],
+                }
+            ],
             "resources": {"num_workers": 1, "cpus_per_worker": 1},
         },
     }
@@ -33,42 +43,78 @@ def write_grid(tmp_path: Path, mlflow_uri: str) -> Path:
     return path
 
 
-def test_quick_sweep_records_children_survives_a_failure_resumes_and_reports(
+def children(client: MlflowClient, parent) -> dict[str, object]:
+    """Return the parent's child runs by trial name (one per trial, or the test fails)."""
+    runs = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    names = [run.data.tags["trial"] for run in runs]
+    assert len(names) == len(set(names)), f"a trial has two child runs: {sorted(names)}"
+    return {run.data.tags["trial"]: run for run in runs}
+
+
+def interrupt_when_started(mlflow_uri: str, trial: str, timeout: float = 240) -> threading.Thread:
+    """Start a thread that sends SIGINT to this process (as Ctrl+C would) once ``trial`` has opened its child run."""
+
+    def watch() -> None:
+        client, deadline = MlflowClient(mlflow_uri), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+                if client.search_runs(experiments, filter_string=f"tags.trial = '{trial}'"):
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+            except Exception:  # noqa: BLE001 - the store may not exist yet or be mid-migration
+                pass
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     tmp_path: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     grid = write_grid(tmp_path, mlflow_uri)
-    assert sweep.main(["--grid", str(grid), "--max-concurrent", "2"]) == 1, "one trial failed"
+    # One trial at a time: 000 finishes, 001 fails, and Ctrl+C lands once 002 has started.
+    watcher = interrupt_when_started(mlflow_uri, "tiny_sweep-002")
+    assert sweep.main(["--grid", str(grid), "--max-concurrent", "1"]) == 130
+    watcher.join(timeout=1)
     printed = capsys.readouterr().out
     assert "trial tiny_sweep-001 failed:" in printed and "no_cifar" in printed
+    assert "interrupted: 1 of 3 trials unfinished (tiny_sweep-002); run the same command again" in printed
     client = MlflowClient(mlflow_uri)
     parent = report.find_parent(mlflow_uri, "tiny_sweep")
-    children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-    )
-    by_trial = {child.data.tags["trial"]: child for child in children}
-    assert set(by_trial) == {"tiny_sweep-000", "tiny_sweep-001"}
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
+    by_trial = children(client, parent)
     finished, failed = by_trial["tiny_sweep-000"], by_trial["tiny_sweep-001"]
     assert finished.info.status == "FINISHED" and failed.info.status == "FAILED"
+    assert by_trial["tiny_sweep-002"].info.status != "FINISHED"
     assert finished.data.tags["axis.data.source"] == "synthetic" and finished.data.tags["seed"] == "0"
     assert "no_cifar" in failed.data.tags["error"]
     assert [m.step for m in client.get_metric_history(finished.info.run_id, "knn/top1")] == [0, 1]
 
-    # The same command again: the finished trial is kept, the failed one is retried (and fails again).
-    assert sweep.main(["--grid", str(grid), "--max-concurrent", "2"]) == 1
+    # The same command again: 000 is kept, 001 is retried (and fails again), 002 resumes in its own run.
+    assert sweep.main(["--grid", str(grid), "--max-concurrent", "1"]) == 1
     printed = capsys.readouterr().out
-    assert "resuming sweep tiny_sweep" in printed
-    again = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
-    )
-    assert sorted(child.data.tags["trial"] for child in again) == ["tiny_sweep-000", "tiny_sweep-001"]
-    assert [m.step for m in client.get_metric_history(finished.info.run_id, "knn/top1")] == [0, 1], "not re-run"
+    assert "resuming sweep tiny_sweep" in printed and "interrupted" not in printed
+    again = children(client, parent)
+    assert sorted(again) == ["tiny_sweep-000", "tiny_sweep-001", "tiny_sweep-002"]
+    resumed = again["tiny_sweep-002"]
+    assert resumed.info.run_id == by_trial["tiny_sweep-002"].info.run_id and resumed.info.status == "FINISHED"
+    for trial in ("tiny_sweep-000", "tiny_sweep-002"):
+        assert [m.step for m in client.get_metric_history(again[trial].info.run_id, "knn/top1")] == [0, 1], trial
+    assert client.get_run(parent.info.run_id).info.status == "FAILED"
 
     written = report.write_report(mlflow_uri, parent.info.run_id, tmp_path / "report")
-    assert "| data.root | data.source | knn/top1 | seeds done | failed |" in written.markdown  # the file's key order
-    assert f"**{finished.data.metrics['knn/top1']:.2f}**" in written.markdown
-    assert "| cifar10 | failed | 0/1 | 1 |" in written.markdown
+    header = "| data.root | data.source | method.temperature | knn/top1 | seeds done | failed |"
+    assert header in written.markdown  # the file's key order
+    best = max(again[trial].data.metrics["knn/top1"] for trial in ("tiny_sweep-000", "tiny_sweep-002"))
+    assert f"**{best:.2f}**" in written.markdown
+    assert "| cifar10 | 0.1 | failed | 0/1 | 1 |" in written.markdown
     files = sorted(path.name for path in (tmp_path / "report").iterdir())
     assert "report.csv" in files and "learning_curves.png" in files and "knn_top1_vs_data.root.png" in files
-    assert (tmp_path / "report" / "report.csv").read_text().splitlines()[0].startswith("data.root,data.source,mean")
+    assert (tmp_path / "report" / "report.csv").read_text().splitlines()[0].startswith("data.root,data.source,")
     attached = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.csv", "report/learning_curves.png"} <= attached
