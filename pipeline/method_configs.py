@@ -248,11 +248,14 @@ class DimConfig(MethodConfig):
 
 @register_params
 class CpcConfig(MethodConfig):
-    """CPC v2 parameters: the patch grid and its per-patch augmentation, the context network, steps and directions."""
+    """CPC v2 parameters: the patch grid and its per-patch augmentation, the context network, offsets and directions."""
 
     name: Literal["cpc"] = "cpc"
     grid: int = Field(7, ge=3)
+    skip_steps: int = Field(2, ge=0)
     steps: int = Field(3, ge=1)
+    target_dim: int | None = Field(64, ge=1)
+    emb_scale: float = Field(0.1, gt=0)
     directions: list[Literal["down", "up", "right", "left"]] = ["down"]
     context_dim: int | None = Field(None, ge=1)
     context_blocks: int = Field(4, ge=1)
@@ -276,7 +279,10 @@ class CpcConfig(MethodConfig):
         return value
 
     @model_validator(mode="after")
-    def _steps_fit_the_grid(self) -> CpcConfig:
-        if self.steps >= self.grid:
-            raise ValueError(f"steps ({self.steps}) must be smaller than grid ({self.grid}): no row is that far ahead")
+    def _offsets_fit_the_grid(self) -> CpcConfig:
+        if not self.skip_steps < self.steps < self.grid:
+            raise ValueError(
+                f"need skip_steps < steps < grid (the predicted offsets are skip_steps + 1 .. steps rows ahead), "
+                f"got skip_steps {self.skip_steps}, steps {self.steps}, grid {self.grid}"
+            )
         return self

@@ -7,6 +7,8 @@ A grid file (YAML, in ``tuning/grids/``)::
     metric: knn/top1            # what the report ranks by (a final pretraining or evaluation metric)
     mode: max
     evaluation: knn             # knn: the per-epoch monitor only; linear: the linear stage after each trial
+    search: grid                # grid: every trial to the end (ablation); asha: early stopping (tuning)
+    asha: {grace_period: 1, reduction_factor: 2}   # epochs before the first cut, and the cut's ratio
     full:                       # the paper-size form
       base: ascl_cifar10.yaml   # a config (path, or a name in configs/)
       set: {train.epochs: 200}  # overrides on the base for every trial
@@ -23,7 +25,8 @@ A grid file (YAML, in ``tuning/grids/``)::
 A ``null`` axis value leaves its key unset for that trial (the base's value, or the method's default
 after a ``method.name`` change), so trials of different methods can share a zipped group. Every
 trial's config is built and validated before anything runs; a bad key or value names the grid file,
-the axis and the value.
+the axis and the value. ``search: asha`` stops the weaker trials early (ASHA, rungs in epochs) on a
+metric logged every epoch (``knn/...`` or ``train/...``); it is for tuning, not for ablation tables.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from pipeline.config import ConfigError, ExperimentConfig, load_config, with_overrides
 from pipeline.section import Section
@@ -81,6 +84,16 @@ class QuickForm(Section):
     resources: TrialResources | None = None
 
 
+class AshaSpec(Section):
+    """ASHA's settings: epochs every trial trains before the first cut, and the cut's ratio (keep 1 in ``r``)."""
+
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+PER_EPOCH_PREFIXES = ("knn/", "train/")
+
+
 class GridSpec(Section):
     """A grid file's contents."""
 
@@ -89,8 +102,19 @@ class GridSpec(Section):
     metric: str = "knn/top1"
     mode: Literal["max", "min"] = "max"
     evaluation: Literal["knn", "linear"] = "knn"
+    search: Literal["grid", "asha"] = "grid"
+    asha: AshaSpec = AshaSpec()
     full: GridForm
     quick: QuickForm = QuickForm()
+
+    @model_validator(mode="after")
+    def _asha_needs_a_per_epoch_metric(self) -> GridSpec:
+        if self.search == "asha" and not self.metric.startswith(PER_EPOCH_PREFIXES):
+            raise ValueError(
+                f"search: asha stops trials on a metric logged every epoch ({', '.join(PER_EPOCH_PREFIXES)}...), "
+                f"got metric {self.metric!r}"
+            )
+        return self
 
     def form(self, quick: bool) -> GridForm:
         """Return the full form, or the quick form completed from the full one."""
@@ -153,6 +177,13 @@ def resolve_grid_path(path: str | Path) -> Path:
     raise GridError(f"grid file not found: {path} (looked in the working directory and {GRID_DIR})")
 
 
+def _describe_error(item: Any) -> str:
+    """Return one validation error as ``key.path: message`` (only the message for a whole-file rule)."""
+    message = item["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in item["loc"])
+    return f"{where}: {message}" if where else message
+
+
 def read_spec(path: Path) -> GridSpec:
     """Return the validated contents of grid file ``path``; raise GridError naming the file and the key."""
     try:
@@ -164,10 +195,7 @@ def read_spec(path: Path) -> GridSpec:
     try:
         return GridSpec(**raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg'].removeprefix('Value error, ')}"
-            for item in exc.errors()
-        )
+        problems = "; ".join(_describe_error(item) for item in exc.errors())
         raise GridError(f"grid {path}: {problems}") from None
 
 

@@ -2,9 +2,10 @@
 
 Reads a sweep's child runs back from MLflow and writes the comparison in the form the papers'
 ablation tables use: one row per grid point (axis values), the metric's mean ± std over seeds, the
-best row marked, pending and failed trials shown. Writes ``report.md``, ``report.csv``, one plot of the
-metric against each axis (one line per value of another axis) and the learning curves of the best and
-the worst trial, and logs them all as artifacts of the sweep's parent run. Works on a sweep in progress.
+best row marked, pending, failed and (ASHA) early-stopped trials shown. Writes ``report.md``,
+``report.csv``, one plot of the metric against each axis (one line per value of another axis) and the
+learning curves of the best and the worst trial, and logs them all as artifacts of the sweep's parent
+run. Works on a sweep in progress.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ LEARNING_CURVE_METRIC = "knn/top1"
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One planned trial and what MLflow holds for it (no run yet: pending)."""
+    """One planned trial and what MLflow holds for it (no run yet: pending; ``stopped_at``: ASHA's last epoch)."""
 
     name: str
     axis_values: dict[str, Any]
@@ -36,6 +37,8 @@ class TrialRecord:
     status: str
     value: float | None
     run_id: str | None
+    stopped_at: int | None = None
+    partial: float | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
     """Return every planned trial with its status and metric value, and the grid's metric name and mode."""
     from mlflow import MlflowClient
 
-    from tuning.sweep import TRIALS_ARTIFACT
+    from tuning.sweep import STOPPED_TAG, TRIALS_ARTIFACT
 
     client = MlflowClient(uri)
     parent_id = parent.info.run_id
@@ -90,7 +93,19 @@ def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
         status = "PENDING" if child is None else child.info.status
         value = child.data.metrics.get(metric) if child is not None and status == "FINISHED" else None
         run_id = child.info.run_id if child is not None else None
-        records.append(TrialRecord(trial["name"], trial["axis_values"], trial["seed"], status, value, run_id))
+        stopped = child is not None and STOPPED_TAG in child.data.tags
+        records.append(
+            TrialRecord(
+                trial["name"],
+                trial["axis_values"],
+                trial["seed"],
+                status,
+                value,
+                run_id,
+                stopped_at=int(child.data.tags[STOPPED_TAG]) if stopped else None,
+                partial=child.data.metrics.get(metric) if stopped else None,
+            )
+        )
     return records, metric, mode
 
 
@@ -102,6 +117,9 @@ def summarise(records: list[TrialRecord], mode: str) -> list[dict[str, Any]]:
     rows = []
     for members in groups.values():
         values = [member.value for member in members if member.value is not None]
+        stopped = [member for member in members if member.stopped_at is not None and member.partial is not None]
+        pick = max if mode == "max" else min
+        furthest = pick(stopped, key=lambda member: member.partial) if stopped else None
         rows.append(
             {
                 **{key: format_value(value) for key, value in members[0].axis_values.items()},
@@ -110,6 +128,8 @@ def summarise(records: list[TrialRecord], mode: str) -> list[dict[str, Any]]:
                 "finished": len(values),
                 "seeds": len(members),
                 "failed": sum(member.status == "FAILED" for member in members),
+                "stopped": len(stopped),
+                "stopped_note": f"stopped at epoch {furthest.stopped_at} ({furthest.partial:.2f})" if furthest else "",
                 "best": False,
             }
         )
@@ -128,6 +148,8 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str) -> 
         if row["finished"]:
             figure = f"{row['mean']:.2f} ± {row['std']:.2f}" if row["seeds"] > 1 else f"{row['mean']:.2f}"
             figure = f"**{figure}**" if row["best"] else figure
+        elif row["stopped"]:
+            figure = row["stopped_note"]
         else:
             figure = "pending" if not row["failed"] else "failed"
         cells = [str(row[axis]) for axis in axes] + [figure, f"{row['finished']}/{row['seeds']}", str(row["failed"])]
@@ -136,11 +158,12 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str) -> 
 
 
 def write_csv(rows: list[dict[str, Any]], axes: list[str], path: Path) -> None:
-    """Write the rows as CSV (axis values, mean, std, finished, seeds, failed, best)."""
+    """Write the rows as CSV (axis values, mean, std, finished, seeds, failed, stopped early, best)."""
     import csv
 
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[*axes, "mean", "std", "finished", "seeds", "failed", "best"])
+        fields = [*axes, "mean", "std", "finished", "seeds", "failed", "stopped", "best"]
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 

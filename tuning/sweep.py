@@ -8,7 +8,9 @@ resume from their checkpoints and their MLflow runs; nothing is recorded twice. 
 reported with its error and the other trials go on. The report (``tuning.report``) is written at the
 end, and can be run any time while the sweep is in progress. Exit codes: 0 every trial finished, 1
 some failed, 130 interrupted (Ctrl+C) with trials unfinished, 2 bad input; the parent run ends
-FINISHED, FAILED or KILLED accordingly and is RUNNING again while a re-run resumes it.
+FINISHED, FAILED or KILLED accordingly and is RUNNING again while a re-run resumes it. With the grid's
+``search: asha`` every trial reports its metric each epoch (read back from its MLflow run) and ASHA
+stops the weaker ones at its rungs; a stopped trial's run ends KILLED with the tag ``stopped_early``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,9 @@ TRIALS_ARTIFACT = "trials.json"
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
 # Reported with a trial's final figures: Tune's results carry bookkeeping keys even for trials that never reported.
 FINISHED_KEY = "sweep/finished"
+EPOCH_KEY = "epoch"
+STOPPED_TAG = "stopped_early"
+PROGRESS_POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class SweepOutcome:
 
     failed: list[tuple[str, str]]
     unfinished: list[str]
+    stopped: list[str]
 
     @property
     def status(self) -> str:
@@ -62,12 +69,13 @@ class SweepOutcome:
         return {"KILLED": 130, "FAILED": 1, "FINISHED": 0}[self.status]
 
 
-def trial_metrics(result: Any, protocol: str) -> dict[str, float]:
+def trial_metrics(result: Any, config: ExperimentConfig) -> dict[str, float]:
     """Return a finished pretraining's figures for Tune, named as in MLflow: last epoch's and ``eval/...`` ones."""
+    protocol = config.eval.linear.protocol
     metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, int | float)}
     for network, figures in (result.evaluation or {}).items():
         metrics.update({f"eval/{protocol}/{network}/{key}": float(value) for key, value in figures.items()})
-    return {**metrics, FINISHED_KEY: 1.0}
+    return {**metrics, EPOCH_KEY: float(config.train.epochs), FINISHED_KEY: 1.0}
 
 
 def run_trial(trial_config: dict[str, Any]) -> None:
@@ -77,16 +85,54 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     from pipeline.launch import pretrain
 
     config = build_config(trial_config["config"])
+    progress = trial_config.get("progress_metric")
     try:
-        result = pretrain(config)
+        result = pretrain(config) if progress is None else pretrain_reporting(config, progress)
     except Exception as exc:
         record_failure(config, exc)
         raise
-    tune.report(trial_metrics(result, config.eval.linear.protocol))
+    tune.report(trial_metrics(result, config))
 
 
-def record_failure(config: ExperimentConfig, error: BaseException) -> None:
-    """Tag the trial's child run with ``error`` (creating a FAILED one when it failed before opening its run)."""
+def pretrain_reporting(config: ExperimentConfig, metric: str) -> Any:
+    """Return ``pretrain(config)``'s result after reporting each epoch's ``metric`` to Tune as it lands in MLflow.
+
+    Training runs in a thread; this one reads the trial's MLflow run every few seconds, so a scheduler
+    (ASHA) can stop the trial between epochs without any hook inside the training workers.
+    """
+    from mlflow import MlflowClient
+    from ray import tune
+
+    from pipeline.launch import pretrain
+
+    outcome: dict[str, Any] = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = pretrain(config)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's own thread below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=train, name="pretrain", daemon=True)
+    worker.start()
+    client, reported = MlflowClient(config.tracking.uri), 0
+    while True:
+        running = worker.is_alive()
+        child = find_child(config)
+        history = sorted(client.get_metric_history(child, metric), key=lambda m: m.step) if child else []
+        for point in history[reported:]:
+            tune.report({metric: point.value, EPOCH_KEY: point.step + 1})
+        reported = len(history)
+        if not running:
+            break
+        worker.join(timeout=PROGRESS_POLL_S)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def find_child(config: ExperimentConfig) -> str | None:
+    """Return the id of the trial's child run in MLflow, None before it is opened."""
     from mlflow import MlflowClient
 
     from pipeline import tracking
@@ -98,9 +144,21 @@ def record_failure(config: ExperimentConfig, error: BaseException) -> None:
         [experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{config.tracking.parent_run_id}' and tags.trial = '{trial}'",
     )
+    return found[0].info.run_id if found else None
+
+
+def record_failure(config: ExperimentConfig, error: BaseException) -> None:
+    """Tag the trial's child run with ``error`` (creating a FAILED one when it failed before opening its run)."""
+    from mlflow import MlflowClient
+
+    from pipeline import tracking
+
+    client = MlflowClient(config.tracking.uri)
+    experiment_id = tracking.experiment_id(config.tracking.uri, config.tracking.experiment)
+    child = find_child(config)
     message = (str(error).strip().splitlines() or [type(error).__name__])[-1][:5000]
-    if found:
-        client.set_tag(found[0].info.run_id, "error", message)
+    if child:
+        client.set_tag(child, "error", message)
         return
     tags = {**config.tracking.tags, tracking.PARENT_TAG: config.tracking.parent_run_id, "error": message}
     run = client.create_run(experiment_id, tags=tags, run_name=config.tracking.run_name)
@@ -209,11 +267,49 @@ def check_cluster(plan: SweepPlan, max_concurrent: int) -> int:
     return max(1, fits)
 
 
+def asha_scheduler(grid: Grid) -> Any:
+    """Return the grid's ASHA scheduler (rungs in epochs, up to the longest trial's), None for a plain grid."""
+    if grid.spec.search != "asha":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr=EPOCH_KEY,
+        metric=grid.spec.metric,
+        mode=grid.spec.mode,
+        max_t=max(trial.config.train.epochs for trial in grid.trials),
+        grace_period=grid.spec.asha.grace_period,
+        reduction_factor=grid.spec.asha.reduction_factor,
+    )
+
+
+def mark_stopped(trial_config: dict[str, Any], epochs: int) -> None:
+    """End the MLflow run of a trial the scheduler stopped: status KILLED, tag ``stopped_early`` = epochs trained."""
+    from mlflow import MlflowClient
+
+    config = build_config(trial_config["config"])
+    child = find_child(config)
+    if child is not None:
+        client = MlflowClient(config.tracking.uri)
+        client.set_tag(child, STOPPED_TAG, str(epochs))
+        client.set_terminated(child, status="KILLED")
+
+
+def is_stopped(trial_config: dict[str, Any]) -> bool:
+    """Return whether the trial's MLflow run carries the ``stopped_early`` tag."""
+    from mlflow import MlflowClient
+
+    config = build_config(trial_config["config"])
+    child = find_child(config)
+    return child is not None and STOPPED_TAG in MlflowClient(config.tracking.uri).get_run(child).data.tags
+
+
 def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]:
     """Run (or resume) the sweep until it ends or is interrupted; return its plan and how it ended."""
     from ray import tune
 
     from pipeline.cluster import ensure_ray
+    from tuning.callbacks import EarlyStopRecorder
 
     plan = plan_sweep(grid)
     reference = next(iter(plan.configs.values()))
@@ -224,30 +320,42 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
         print(f"resuming sweep {grid.sweep_name} from {plan.tune_path}: finished trials are kept")
         tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_errored=True)
     else:
-        space = {"config": tune.grid_search([config.model_dump(mode="json") for config in plan.configs.values()])}
+        asha = grid.spec.search == "asha"
+        space = {
+            "config": tune.grid_search([config.model_dump(mode="json") for config in plan.configs.values()]),
+            "progress_metric": grid.spec.metric if asha else None,
+        }
         tuner = tune.Tuner(
             trainable,
             param_space=space,
-            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=asha_scheduler(grid)),
             run_config=tune.RunConfig(
-                name=grid.sweep_name, storage_path=str(plan.tune_path.parent), verbose=0, log_to_file=True
+                name=grid.sweep_name,
+                storage_path=str(plan.tune_path.parent),
+                verbose=0,
+                log_to_file=True,
+                callbacks=[EarlyStopRecorder()] if asha else None,
             ),
         )
     print(
         f"sweep {grid.sweep_name}: {len(grid.trials)} trials, up to {concurrent} at once; "
         f"MLflow parent run {plan.parent_run_id} in {plan.tracking_uri}"
     )
-    # On SIGINT Tune saves its state and fit() returns: trials that neither reported nor failed are unfinished.
+    # On SIGINT Tune saves its state and fit() returns: a trial that neither finished, failed nor was stopped
+    # by the scheduler is unfinished.
     results = tuner.fit()
-    failed, finished = [], set()
+    failed, finished, stopped = [], set(), []
     for result in results:
         name = result.config["config"]["ray"]["run_name"] if result.config else "?"
         if result.error is not None:
             failed.append((name, str(result.error).strip().splitlines()[-1]))
         elif (result.metrics or {}).get(FINISHED_KEY):
             finished.add(name)
-    done = finished | {name for name, _ in failed}
-    return plan, SweepOutcome(failed, [trial.name for trial in grid.trials if trial.name not in done])
+        elif grid.spec.search == "asha" and result.config and is_stopped(result.config):
+            stopped.append(name)
+    done = finished | set(stopped) | {name for name, _ in failed}
+    unfinished = [trial.name for trial in grid.trials if trial.name not in done]
+    return plan, SweepOutcome(failed, unfinished, stopped)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for name, error in outcome.failed:
         print(f"trial {name} failed: {error}")
+    for name in outcome.stopped:
+        print(f"trial {name} stopped early by ASHA")
     report = write_report(plan.tracking_uri, plan.parent_run_id)
     print(report.markdown)
     print(f"report files in {report.folder} (also artifacts of MLflow run {plan.parent_run_id})")

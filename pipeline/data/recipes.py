@@ -152,9 +152,8 @@ def grid_patch_size(image_size: int, grid: int) -> int:
     side, rest = divmod(2 * image_size, grid + 1)
     if rest or side % 2 or side < 2:
         raise ValueError(
-            f"method.grid = {grid} (50% overlap) needs an even whole patch side 2 * image_size / {grid + 1}; "
-            f"data.image_size {image_size} gives {2 * image_size / (grid + 1):g} (e.g. 32 -> 8, 64 -> 16, 224 -> 56 "
-            "at grid 7)"
+            f"a {grid}x{grid} patch grid with 50% overlap needs an even whole patch side 2 * {image_size} / "
+            f"{grid + 1}, got {2 * image_size / (grid + 1):g} (at grid 7: 32 px -> 8, 64 -> 16, 224 -> 56)"
         )
     return side
 

@@ -2,11 +2,14 @@
 
 Each image is cut into a grid of half-overlapping patches (7x7 by default), each encoded on its own by
 the backbone (layer norm in place of batch norm by default, as CPC v2) into a pooled vector z[r, c].
-A masked convolutional context network gives c[r, c] from rows <= r; a linear map W_k per step
-k = 1..K predicts z[r + k, c] from c[r, c], and the InfoNCE loss scores each prediction against every
-patch vector of the worker's batch. Other directions (``up``, ``right``, ``left``) orient the grid
-so that "ahead" is downwards and add their own context network and predictors. The evaluated
-features are the mean patch vector over the grid.
+A masked convolutional context network gives c[r, c] from rows <= r. As in the paper's pseudo-code,
+the targets are z through a linear map to ``target_dim`` (64), and for each offset k from
+``skip_steps`` + 1 to ``steps`` (only 3 by default: rows 1 and 2 below overlap the context's own
+patches) a linear map of c[r, c], scaled by ``emb_scale`` (0.1), predicts the target at (r + k, c).
+The InfoNCE loss scores each prediction against the targets of every patch of the worker's batch,
+summed over offsets. Other directions (``up``, ``right``, ``left``) orient the grid so that "ahead"
+is downwards, each with its own context network, target map and predictors, losses averaged. The
+evaluated features are the mean patch vector over the grid.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pipeline.models.patch_grid import PatchGridEncoder
 
 
 def orient(vectors: Tensor, direction: str) -> Tensor:
-    """Return the grid [B, G, G, D] turned so that ``direction`` points down the rows (a view, no copy)."""
+    """Return the grid [B, G, G, D] turned so that ``direction`` points down the rows."""
     if direction == "down":
         return vectors
     if direction == "up":
@@ -57,25 +60,32 @@ class Cpc(Method[CpcConfig]):
         self.encoder = PatchGridEncoder(backbone, params.grid)
         dim = backbone.feature_dim
         channels = params.context_dim or dim
-        self.contexts = nn.ModuleDict(
-            {direction: CausalContext(dim, channels, params.context_blocks) for direction in params.directions}
+        self.target_dim = params.target_dim or dim
+        self.offsets = params.steps - params.skip_steps
+        directions = params.directions
+        self.contexts = nn.ModuleDict({d: CausalContext(dim, channels, params.context_blocks) for d in directions})
+        self.targets = nn.ModuleDict(
+            {d: nn.Linear(dim, self.target_dim) if params.target_dim else nn.Identity() for d in directions}
         )
-        self.predictors = nn.ModuleDict(
-            {direction: nn.Linear(channels, params.steps * dim, bias=False) for direction in params.directions}
-        )
+        self.predictors = nn.ModuleDict({d: nn.Linear(channels, self.offsets * self.target_dim) for d in directions})
 
     @classmethod
     def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
         """Return one view, ``grid``: the image's patches ``[G*G, 3, P, P]``, each augmented on its own."""
         params = config.method
-        grid = PatchGrid(params.grid, tuple(params.patch_crop_scale), params.patch_flip, params.channel_drop)
+        grid = PatchGrid(params.grid, params.patch_crop_scale, params.patch_flip, params.channel_drop)
         return {"grid": cpc_view(grid)}
 
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
         """Raise ValueError naming the key if the image size does not fit the grid or batch-norm settings are moot."""
         super().validate(config, world_size)
-        grid_patch_size(config.data.image_size, config.method.grid)
+        try:
+            grid_patch_size(config.data.image_size, config.method.grid)
+        except ValueError as exc:
+            raise ValueError(
+                f"method.grid = {config.method.grid} does not fit data.image_size = {config.data.image_size}: {exc}"
+            ) from None
         if config.method.norm == "layer" and config.model.batch_norm not in ("auto", "plain"):
             raise ValueError(
                 f"model.batch_norm = {config.model.batch_norm!r} has no batch norm to act on with method.norm = "
@@ -87,17 +97,22 @@ class Cpc(Method[CpcConfig]):
         return {"backbone": self.encoder}
 
     def predict(self, vectors: Tensor, direction: str) -> tuple[Tensor, Tensor]:
-        """Return the oriented grid [B, G, G, D] and its predictions [B, G, G, K, D] for one direction."""
+        """Return the oriented targets [B, G, G, T] and predictions [B, G, G, K, T] of one direction.
+
+        ``predictions[:, r, c, j]`` predicts the target ``skip_steps + 1 + j`` rows below (r, c).
+        """
         oriented = orient(vectors, direction)
         contexts = self.contexts[direction](oriented.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        predictions = self.predictors[direction](contexts)
-        return oriented, predictions.unflatten(-1, (self.params.steps, vectors.shape[-1]))
+        predictions = self.predictors[direction](contexts) * self.params.emb_scale
+        return self.targets[direction](oriented), predictions.unflatten(-1, (self.offsets, self.target_dim))
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
-        """Return the InfoNCE loss averaged over the directions."""
+        """Return the InfoNCE loss (summed over offsets) averaged over the directions."""
         vectors = self.encoder.patch_vectors(batch.views["grid"])
         pairs = [self.predict(vectors, direction) for direction in self.params.directions]
-        # Every prediction is scored against B*G*G patch vectors: the logits and softmax run in float32.
+        first = self.params.skip_steps + 1
+        # Every prediction is scored against B*G*G targets: the logits and softmax run in float32.
         with torch.autocast(vectors.device.type, enabled=False):
-            loss = torch.stack([cpc_infonce(grid.float(), predictions.float()) for grid, predictions in pairs]).mean()
+            losses = [cpc_infonce(targets.float(), predictions.float(), first) for targets, predictions in pairs]
+            loss = torch.stack(losses).mean()
         return {"loss": loss, "cpc": loss.detach()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from pipeline.data.recipes import grid_patch_size
+from pipeline.models.backbones import ResNet
 
 
 def cut_grid(images: Tensor, grid: int) -> Tensor:
@@ -21,10 +22,11 @@ def cut_grid(images: Tensor, grid: int) -> Tensor:
 class PatchGridEncoder(nn.Module):
     """Encode every patch of a grid independently with ``backbone``; the evaluation features are their mean."""
 
-    def __init__(self, backbone: nn.Module, grid: int) -> None:
+    def __init__(self, backbone: ResNet, grid: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.grid = grid
+        self.feature_dim: int = backbone.feature_dim
 
     def patch_vectors(self, patches: Tensor) -> Tensor:
         """Return the pooled backbone vector of every patch: [B, G*G, 3, P, P] -> [B, G, G, D]."""

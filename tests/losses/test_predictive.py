@@ -18,27 +18,30 @@ def random_grid(batch: int = 2, grid: int = 4, steps: int = 2, dim: int = 3) -> 
     return vectors, predictions
 
 
-def brute_force(vectors: torch.Tensor, predictions: torch.Tensor) -> float:
+def brute_force(vectors: torch.Tensor, predictions: torch.Tensor, first_step: int = 1) -> float:
     """Return the loss by explicit loops: every (image, row, column) prediction against every patch of the batch."""
     batch, grid, _, steps, _ = predictions.shape
     per_step = []
-    for k in range(1, steps + 1):
+    for j in range(steps):
+        k = first_step + j
         terms = []
         for b in range(batch):
             for r in range(grid - k):
                 for c in range(grid):
-                    query = predictions[b, r, c, k - 1]
+                    query = predictions[b, r, c, j]
                     cells = [(b2, r2, c2) for b2 in range(batch) for r2 in range(grid) for c2 in range(grid)]
                     scores = [float(query @ vectors[cell]) for cell in cells]
                     positive = float(query @ vectors[b, r + k, c])
                     terms.append(math.log(sum(math.exp(s) for s in scores)) - positive)
         per_step.append(sum(terms) / len(terms))
-    return sum(per_step) / steps
+    return sum(per_step)
 
 
-def test_loss_matches_the_brute_force_loop() -> None:
-    vectors, predictions = random_grid()
-    assert float(cpc_infonce(vectors, predictions)) == pytest.approx(brute_force(vectors, predictions), rel=1e-10)
+@pytest.mark.parametrize("first_step", [1, 2])
+def test_loss_matches_the_brute_force_loop(first_step: int) -> None:
+    vectors, predictions = random_grid(grid=5)
+    expected = brute_force(vectors, predictions, first_step)
+    assert float(cpc_infonce(vectors, predictions, first_step)) == pytest.approx(expected, rel=1e-10)
 
 
 def test_rows_without_a_target_do_not_count() -> None:
@@ -49,20 +52,20 @@ def test_rows_without_a_target_do_not_count() -> None:
     assert float(cpc_infonce(vectors, changed)) == pytest.approx(float(cpc_infonce(vectors, predictions)), rel=1e-12)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_each_step_targets_the_patch_k_rows_below(k: int) -> None:
-    # Orthonormal patch vectors: a prediction equal to a scaled copy of its target scores ~0 loss,
-    # one that points at the patch a row off scores ~the scale.
-    batch, grid, steps = 2, 5, 3
-    vectors = torch.eye(batch * grid * grid, dtype=torch.float64).view(batch, grid, grid, -1)
-    right = torch.zeros(batch, grid, grid, steps, vectors.shape[-1], dtype=torch.float64)
+@pytest.mark.parametrize(("first_step", "j"), [(1, 0), (1, 1), (1, 2), (3, 0), (3, 1)])
+def test_each_prediction_targets_the_patch_its_offset_below(first_step: int, j: int) -> None:
+    # Orthonormal targets: a prediction equal to a scaled copy of its target scores ~0 loss, one that
+    # points at the patch a row nearer scores ~the scale; the other offsets' zero predictions add log N each.
+    batch, grid, steps = 2, 6, 3 if first_step == 1 else 2
+    k = first_step + j
+    targets = torch.eye(batch * grid * grid, dtype=torch.float64).view(batch, grid, grid, -1)
+    right = torch.zeros(batch, grid, grid, steps, targets.shape[-1], dtype=torch.float64)
     wrong = right.clone()
-    right[:, : grid - k, :, k - 1] = 30.0 * vectors[:, k:, :]
-    wrong[:, : grid - k, :, k - 1] = 30.0 * vectors[:, k - 1 : grid - 1, :]
-    # With the other steps' predictions at zero, each of them contributes log(N) exactly.
-    others = (steps - 1) * math.log(batch * grid * grid) / steps
-    assert float(cpc_infonce(vectors, right)) == pytest.approx(others, abs=1e-9)
-    assert float(cpc_infonce(vectors, wrong)) == pytest.approx(others + 30.0 / steps, abs=1e-6)
+    right[:, : grid - k, :, j] = 30.0 * targets[:, k:, :]
+    wrong[:, : grid - k, :, j] = 30.0 * targets[:, k - 1 : grid - 1, :]
+    others = (steps - 1) * math.log(batch * grid * grid)
+    assert float(cpc_infonce(targets, right, first_step)) == pytest.approx(others, abs=1e-9)
+    assert float(cpc_infonce(targets, wrong, first_step)) == pytest.approx(others + 30.0, abs=1e-6)
 
 
 def test_gradients_reach_vectors_and_predictions() -> None:
@@ -80,5 +83,7 @@ def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="do not match"):
         cpc_infonce(vectors[:, :, :, :2], predictions)
     _, too_far = random_grid(steps=4)
-    with pytest.raises(ValueError, match="steps < rows"):
+    with pytest.raises(ValueError, match=r"first_step \+ steps - 1 < rows"):
         cpc_infonce(vectors, too_far)
+    with pytest.raises(ValueError, match=r"first_step \+ steps - 1 < rows"):
+        cpc_infonce(vectors, predictions, first_step=3)

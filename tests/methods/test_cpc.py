@@ -16,7 +16,8 @@ from pipeline.models.patch_grid import cut_grid
 from tests.data.test_views import random_image
 from tests.support.methods import make_method
 
-GRID = {"method.grid": 3, "method.steps": 2}  # 16 px images: a 3x3 grid of 8 px patches
+# 16 px images: a 3x3 grid of 8 px patches, predicting 1 and 2 rows ahead.
+GRID = {"method.grid": 3, "method.skip_steps": 0, "method.steps": 2}
 
 
 def make(**overrides: object):
@@ -49,20 +50,40 @@ def test_orient_turns_each_direction_downwards(direction: str, origin: tuple[int
     assert turned[1, 0] == grid[0, ahead[0], ahead[1], 0]
 
 
-def test_loss_is_infonce_on_its_own_vectors_and_predictions_averaged_over_directions() -> None:
-    method = make(**{"method.directions": ["down", "up", "left"]}).eval()
+def test_loss_is_infonce_on_its_own_targets_and_predictions_averaged_over_directions() -> None:
+    method = make(**{"method.directions": ["down", "up", "left"], "method.target_dim": 16}).eval()
     images = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         losses = method(batch_of(images), StepInfo(0, 0, 10))
         vectors = method.encoder.patch_vectors(cut_grid(images, 3))
-        expected = torch.stack([cpc_infonce(*method.predict(vectors, d)) for d in ("down", "up", "left")]).mean()
+        pairs = {d: method.predict(vectors, d) for d in ("down", "up", "left")}
     assert vectors.shape == (4, 3, 3, 32)
+    targets, predictions = pairs["up"]
+    assert targets.shape == (4, 3, 3, 16) and predictions.shape == (4, 3, 3, 2, 16)
+    # The targets are the linear map of the oriented patch vectors; predictions carry emb_scale 0.1.
+    torch.testing.assert_close(targets, method.targets["up"](vectors.flip(1)))
+    contexts = method.contexts["up"](vectors.flip(1).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(predictions.flatten(-2), 0.1 * method.predictors["up"](contexts))
+    expected = torch.stack([cpc_infonce(*pair, first_step=1) for pair in pairs.values()]).mean()
     assert float(losses["loss"]) == pytest.approx(float(expected), rel=1e-5)
     assert set(losses) == {"loss", "cpc"}
 
 
+def test_defaults_predict_only_the_first_row_that_shares_no_pixels() -> None:
+    # 32 px, 7x7 grid of 8 px patches at stride 4: rows 1 and 2 below overlap the patch, row 3 does not.
+    method = make_method("cpc", num_classes=3, batch_size=2, **{"data.image_size": 32}).eval()
+    assert method.params.skip_steps == 2 and method.params.steps == 3 and method.offsets == 1
+    images = torch.randn(2, 3, 32, 32)
+    batch = Batch({"grid": cut_grid(images, 7)}, torch.zeros(2, dtype=torch.long), torch.arange(2))
+    with torch.no_grad():
+        loss = method(batch, StepInfo(0, 0, 10))["loss"]
+        targets, predictions = method.predict(method.encoder.patch_vectors(cut_grid(images, 7)), "down")
+    assert targets.shape == (2, 7, 7, 64) and predictions.shape == (2, 7, 7, 1, 64)
+    assert float(loss) == pytest.approx(float(cpc_infonce(targets, predictions, first_step=3)), rel=1e-5)
+
+
 def test_predictions_of_a_row_come_from_the_rows_above_only() -> None:
-    method = make(**{"method.grid": 4, "method.steps": 3, "data.image_size": 20}).eval()
+    method = make(**{"method.grid": 4, "method.steps": 3, "data.image_size": 20, "method.target_dim": None}).eval()
     vectors = torch.randn(2, 4, 4, 32)
     changed = vectors.clone()
     changed[:, 2] += 1.0
@@ -92,7 +113,8 @@ def test_training_steps_lower_the_loss_and_reach_every_part() -> None:
         losses.append(float(loss.detach()))
         optimizer.step()
     assert losses[-1] < losses[0]
-    for name in ("encoder.backbone.conv1", "contexts.down.project", "contexts.right.blocks", "predictors.right"):
+    names = ("encoder.backbone.conv1", "contexts.down.project", "contexts.right.blocks", "predictors.right", "targets")
+    for name in names:
         grads = [p.grad for n, p in method.named_parameters() if n.startswith(name)]
         assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), name
 
@@ -108,7 +130,9 @@ def test_the_evaluated_features_are_the_mean_patch_vector_of_the_whole_image() -
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"method.steps": 3}, "steps .3. must be smaller than grid .3."),
+        ({"method.steps": 3}, "need skip_steps < steps < grid"),
+        ({"method.skip_steps": 2}, "got skip_steps 2, steps 2, grid 3"),
+        ({"method.emb_scale": 0}, "emb_scale"),
         ({"method.directions": ["down", "down"]}, "each once"),
         ({"method.directions": ["sideways"]}, "directions"),
         ({"method.patch_crop_scale": [0.9, 0.2]}, "patch_crop_scale"),
@@ -123,7 +147,7 @@ def test_bad_parameters_name_their_key(overrides: dict[str, object], message: st
 def test_validate_names_the_image_size_and_moot_batch_norm_settings() -> None:
     cpc = get_method("cpc")
     config = with_overrides(load_config("cpc_synthetic.yaml"), {"data.image_size": 30})
-    with pytest.raises(ValueError, match=r"method.grid = 7 .*data.image_size 30"):
+    with pytest.raises(ValueError, match=r"method.grid = 7 does not fit data.image_size = 30: .*got 7.5"):
         cpc.validate(config, world_size=1)
     config = with_overrides(load_config("cpc_synthetic.yaml"), {"model.batch_norm": "split"})
     with pytest.raises(ValueError, match="model.batch_norm = 'split' .*method.norm = 'layer'"):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuning.grid import GRID_DIR, GridError, format_value, load_grid, parse_assignments
+from tuning.grid import GRID_DIR, GridError, format_value, load_grid, parse_assignments, read_spec
 
 TINY = {"data.synthetic.num_train": 64, "train.batch_size": 16, "method.queue_size": 64}
 
@@ -123,3 +123,19 @@ def test_axis_values_print_as_written() -> None:
         "ascl",
         "null",
     ]
+
+
+def test_asha_is_off_by_default_and_wants_a_per_epoch_metric(tmp_path: Path) -> None:
+    spec = read_spec(write_grid(tmp_path))
+    assert spec.search == "grid" and spec.asha.grace_period == 1 and spec.asha.reduction_factor == 2
+    path = tmp_path / "asha.yaml"
+    full = {"base": "quickstart.yaml", "set": dict(TINY)}
+    fields = {"name": "asha", "search": "asha", "asha": {"grace_period": 2}, "full": full}
+    path.write_text(yaml.safe_dump({**fields, "metric": "train/loss", "mode": "min"}))
+    assert read_spec(path).asha.grace_period == 2
+    path.write_text(yaml.safe_dump({**fields, "metric": "eval/features/backbone/top1"}))
+    with pytest.raises(GridError, match=r"asha.yaml: search: asha stops trials on a metric logged every epoch"):
+        read_spec(path)
+    path.write_text(yaml.safe_dump({**fields, "metric": "knn/top1", "asha": {"reduction_factor": 1}}))
+    with pytest.raises(GridError, match=r"asha.reduction_factor"):
+        read_spec(path)

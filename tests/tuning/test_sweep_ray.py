@@ -118,3 +118,40 @@ def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     assert (tmp_path / "report" / "report.csv").read_text().splitlines()[0].startswith("data.root,data.source,")
     attached = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.csv", "report/learning_curves.png"} <= attached
+
+
+def test_asha_stops_the_weaker_trial_at_its_first_rung(
+    tmp_path: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = {**TINY, "ray.storage_path": str(tmp_path / "runs"), "tracking.uri": mlflow_uri}
+    tiny.pop("train.epochs")
+    grid = {
+        "name": "tiny_asha",
+        "metric": "train/loss",
+        "mode": "min",
+        "search": "asha",
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "full": {
+            "base": "quickstart.yaml",
+            "set": tiny,
+            # T 0.01 makes InfoNCE's loss many times T 0.2's from the first epoch on; 6 epochs leave the
+            # stopped trial far from its end when the cut comes.
+            "zip": [{"method.temperature": [0.2, 0.01], "train.epochs": [3, 6]}],
+            "resources": {"num_workers": 1, "cpus_per_worker": 1},
+        },
+    }
+    path = tmp_path / "tiny_asha.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    assert sweep.main(["--grid", str(path), "--max-concurrent", "1"]) == 0
+    assert "trial tiny_asha-001 stopped early by ASHA" in capsys.readouterr().out
+    client = MlflowClient(mlflow_uri)
+    parent = report.find_parent(mlflow_uri, "tiny_asha")
+    by_trial = children(client, parent)
+    kept, stopped = by_trial["tiny_asha-000"], by_trial["tiny_asha-001"]
+    assert kept.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(kept.info.run_id, "train/loss")] == [0, 1, 2]
+    assert stopped.info.status == "KILLED" and stopped.data.tags["stopped_early"] == "1"
+    assert len(client.get_metric_history(stopped.info.run_id, "train/loss")) < 6
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    written = report.write_report(mlflow_uri, parent.info.run_id, tmp_path / "report")
+    assert "| 0.01 | 6 | stopped at epoch 1 (" in written.markdown
