@@ -150,6 +150,13 @@ class AsclByolConfig(MethodConfig):
     momentum_schedule: Literal["constant", "cosine"] = "constant"
 
 
+def ordered_fraction(value: tuple[float, float]) -> tuple[float, float]:
+    """Return ``value`` if it is an area-fraction range 0 < min <= max <= 1; raise ValueError otherwise."""
+    if not 0 < value[0] <= value[1] <= 1:
+        raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
+    return value
+
+
 class PbsdConfig(Section):
     """Patch-based self-distillation: patches per query image, their area range, and the loss weight λ."""
 
@@ -161,9 +168,7 @@ class PbsdConfig(Section):
     @field_validator("scale")
     @classmethod
     def _ordered_fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1] <= 1:
-            raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
-        return value
+        return ordered_fraction(value)
 
 
 class DsclPbsdConfig(PbsdConfig):
@@ -267,9 +272,7 @@ class CpcConfig(MethodConfig):
     @field_validator("patch_crop_scale")
     @classmethod
     def _ordered_fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] <= value[1] <= 1:
-            raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
-        return value
+        return ordered_fraction(value)
 
     @field_validator("directions")
     @classmethod
