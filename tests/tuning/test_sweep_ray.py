@@ -53,19 +53,24 @@ def children(client: MlflowClient, parent) -> dict[str, object]:
     return {run.data.tags["trial"]: run for run in runs}
 
 
+def has_started(client: MlflowClient, trial: str) -> bool:
+    """Return whether ``trial`` has opened its child run (False while the store cannot be read yet)."""
+    try:
+        experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+        return bool(client.search_runs(experiments, filter_string=f"tags.trial = '{trial}'"))
+    except Exception:  # noqa: BLE001 - the sweep may still be creating or migrating the store
+        return False
+
+
 def interrupt_when_started(mlflow_uri: str, trial: str, timeout: float = 240) -> threading.Thread:
     """Start a thread that sends SIGINT to this process (as Ctrl+C would) once ``trial`` has opened its child run."""
 
     def watch() -> None:
         client, deadline = MlflowClient(mlflow_uri), time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-                if client.search_runs(experiments, filter_string=f"tags.trial = '{trial}'"):
-                    os.kill(os.getpid(), signal.SIGINT)
-                    return
-            except Exception:  # noqa: BLE001 - the store may not exist yet or be mid-migration
-                pass
+            if has_started(client, trial):
+                os.kill(os.getpid(), signal.SIGINT)
+                return
             time.sleep(0.5)
 
     watcher = threading.Thread(target=watch, daemon=True)
