@@ -115,10 +115,11 @@ def pretrain_reporting(config: ExperimentConfig, metric: str) -> Any:
 
     worker = threading.Thread(target=train, name="pretrain", daemon=True)
     worker.start()
-    client, reported = MlflowClient(config.tracking.uri), 0
+    client, reported, child = MlflowClient(config.tracking.uri), 0, None
     while True:
         running = worker.is_alive()
-        child = find_child(config)
+        # The child run is looked up until it exists, then only its metric history is read.
+        child = child or find_child(config)
         history = sorted(client.get_metric_history(child, metric), key=lambda m: m.step) if child else []
         for point in history[reported:]:
             tune.report({metric: point.value, EPOCH_KEY: point.step + 1})
