@@ -145,7 +145,7 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     Every check that can run before work does (config, data and batch size, tracking store,
     resources): a failure there raises before an MLflow run is created or touched. An interrupt
     (KeyboardInterrupt, or ``INTERRUPTED`` set by a signal handler) marks the run KILLED and raises
-    RunInterrupted; any other error marks it FAILED.
+    RunInterrupted; any other error marks it FAILED, unless a sweep's scheduler stopped the run (KILLED).
     """
     started = time.time()
     method_class = validate(config)
@@ -206,7 +206,8 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
             raise RunInterrupted(
                 run_name, run_dir, checkpoint_epoch(saved) if saved else 0, config.train.epochs, run.run_id
             ) from None
-        tracking.finish_run(run, "FAILED")
+        # A scheduler that stops a trial tears down its training workers, and the error that follows is no failure.
+        tracking.finish_run(run, "KILLED" if tracking.stopped_by_scheduler(run) else "FAILED")
         raise
 
     final = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("knn/", "train/loss"))}

@@ -16,6 +16,8 @@ from pipeline.config import TrackingConfig
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "mlflow.parentRunId"
+# Set by the sweep driver on a run its scheduler stopped; such a run stays KILLED whatever its processes report.
+STOPPED_TAG = "stopped_early"
 MAX_BATCH = 100
 
 
@@ -229,6 +231,11 @@ def set_tags(handle: RunHandle, tags: Mapping[str, str]) -> None:
 def finish_run(handle: RunHandle, status: str) -> None:
     """Mark the run FINISHED, FAILED or KILLED."""
     _client(handle.tracking_uri).set_terminated(handle.run_id, status=status)
+
+
+def stopped_by_scheduler(handle: RunHandle) -> bool:
+    """Return whether a sweep's scheduler stopped the run (it carries ``STOPPED_TAG``)."""
+    return STOPPED_TAG in _client(handle.tracking_uri).get_run(handle.run_id).data.tags
 
 
 def run_url(handle: RunHandle) -> str:

@@ -12,9 +12,15 @@ from tests.support.configs import Reference, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Ray Train's controller polls its workers every 2 s and starts a preemption watcher polling every 5 s: a
+# tiny run waited ~6 s of its ~20 s on them to end. Set before Ray starts, so every Ray process (and the
+# subprocess runs of the interrupt tests) inherits them; the runs and what they record are unchanged.
+FAST_RAY_TRAIN = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+for _key, _value in FAST_RAY_TRAIN.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +34,7 @@ def ray_session() -> Iterator[None]:
         object_store_memory=200 * 1024 * 1024,
         include_dashboard=True,
         # Workers import test plugins (tests.support.*) whatever directory pytest was started from.
-        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONPATH": str(ROOT)}},
+        runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "PYTHONPATH": str(ROOT), **FAST_RAY_TRAIN}},
     )
     yield
     ray.shutdown()

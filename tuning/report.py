@@ -75,7 +75,8 @@ def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
     """Return every planned trial with its status and metric value, and the grid's metric name and mode."""
     from mlflow import MlflowClient
 
-    from tuning.sweep import STOPPED_TAG, TRIALS_ARTIFACT
+    from pipeline.tracking import STOPPED_TAG
+    from tuning.sweep import TRIALS_ARTIFACT
 
     client = MlflowClient(uri)
     parent_id = parent.info.run_id

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import ConfigError, ExperimentConfig, build_config, with_overrides
+from pipeline.tracking import STOPPED_TAG
 from tuning.grid import Grid, GridError, load_grid, parse_assignments
 
 SWEEP_TAG = "sweep"
@@ -33,7 +34,6 @@ TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
 # Reported with a trial's final figures: Tune's results carry bookkeeping keys even for trials that never reported.
 FINISHED_KEY = "sweep/finished"
 EPOCH_KEY = "epoch"
-STOPPED_TAG = "stopped_early"
 PROGRESS_POLL_S = 2.0
 
 
@@ -159,7 +159,9 @@ def record_failure(config: ExperimentConfig, error: BaseException) -> None:
     child = find_child(config)
     message = (str(error).strip().splitlines() or [type(error).__name__])[-1][:5000]
     if child:
-        client.set_tag(child, "error", message)
+        # A trial the scheduler stopped errors as its workers are torn down: that is no failure to record.
+        if STOPPED_TAG not in client.get_run(child).data.tags:
+            client.set_tag(child, "error", message)
         return
     tags = {**config.tracking.tags, tracking.PARENT_TAG: config.tracking.parent_run_id, "error": message}
     run = client.create_run(experiment_id, tags=tags, run_name=config.tracking.run_name)
@@ -296,13 +298,24 @@ def mark_stopped(trial_config: dict[str, Any], epochs: int) -> None:
         client.set_terminated(child, status="KILLED")
 
 
-def is_stopped(trial_config: dict[str, Any]) -> bool:
-    """Return whether the trial's MLflow run carries the ``stopped_early`` tag."""
+def settle_stopped(trial_config: dict[str, Any]) -> bool:
+    """Return whether the scheduler stopped the trial; if so end its run KILLED, without an ``error`` tag.
+
+    Called once Tune has ended every trial: a stopped trial's processes may have written FAILED and an
+    error after ``mark_stopped`` ran, while its workers were being torn down.
+    """
     from mlflow import MlflowClient
 
     config = build_config(trial_config["config"])
     child = find_child(config)
-    return child is not None and STOPPED_TAG in MlflowClient(config.tracking.uri).get_run(child).data.tags
+    client = MlflowClient(config.tracking.uri)
+    if child is None or STOPPED_TAG not in (run := client.get_run(child)).data.tags:
+        return False
+    if "error" in run.data.tags:
+        client.delete_tag(child, "error")
+    if run.info.status != "KILLED":
+        client.set_terminated(child, status="KILLED")
+    return True
 
 
 def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]:
@@ -352,7 +365,7 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
             failed.append((name, str(result.error).strip().splitlines()[-1]))
         elif (result.metrics or {}).get(FINISHED_KEY):
             finished.add(name)
-        elif grid.spec.search == "asha" and result.config and is_stopped(result.config):
+        elif grid.spec.search == "asha" and result.config and settle_stopped(result.config):
             stopped.append(name)
     done = finished | set(stopped) | {name for name, _ in failed}
     unfinished = [trial.name for trial in grid.trials if trial.name not in done]
