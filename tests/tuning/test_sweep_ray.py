@@ -156,6 +156,7 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(
     assert kept.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(kept.info.run_id, "train/loss")] == [0, 1, 2]
     assert stopped.info.status == "KILLED" and stopped.data.tags["stopped_early"] == "1"
+    assert "error" not in stopped.data.tags
     assert len(client.get_metric_history(stopped.info.run_id, "train/loss")) < 6
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     written = report.write_report(mlflow_uri, parent.info.run_id, tmp_path / "report")
