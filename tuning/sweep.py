@@ -28,6 +28,7 @@ from pipeline.tracking import STOPPED_TAG
 from tuning.grid import Grid, GridError, load_grid, parse_assignments
 
 SWEEP_TAG = "sweep"
+ERROR_TAG = "error"
 TRIALS_ARTIFACT = "trials.json"
 # The trial's own driver needs no CPU of its own: its TorchTrainer's workers reserve the real ones.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
@@ -161,9 +162,9 @@ def record_failure(config: ExperimentConfig, error: BaseException) -> None:
     if child:
         # A trial the scheduler stopped errors as its workers are torn down: that is no failure to record.
         if STOPPED_TAG not in client.get_run(child).data.tags:
-            client.set_tag(child, "error", message)
+            client.set_tag(child, ERROR_TAG, message)
         return
-    tags = {**config.tracking.tags, tracking.PARENT_TAG: config.tracking.parent_run_id, "error": message}
+    tags = {**config.tracking.tags, tracking.PARENT_TAG: config.tracking.parent_run_id, ERROR_TAG: message}
     run = client.create_run(experiment_id, tags=tags, run_name=config.tracking.run_name)
     client.set_terminated(run.info.run_id, status="FAILED")
 
@@ -295,7 +296,7 @@ def mark_stopped(trial_config: dict[str, Any], epochs: int) -> None:
     if child is not None:
         client = MlflowClient(config.tracking.uri)
         client.set_tag(child, STOPPED_TAG, str(epochs))
-        client.set_terminated(child, status="KILLED")
+        end_killed(client, child)
 
 
 def settle_stopped(trial_config: dict[str, Any]) -> bool:
@@ -309,13 +310,19 @@ def settle_stopped(trial_config: dict[str, Any]) -> bool:
     config = build_config(trial_config["config"])
     child = find_child(config)
     client = MlflowClient(config.tracking.uri)
-    if child is None or STOPPED_TAG not in (run := client.get_run(child)).data.tags:
+    if child is None or STOPPED_TAG not in client.get_run(child).data.tags:
         return False
-    if "error" in run.data.tags:
-        client.delete_tag(child, "error")
-    if run.info.status != "KILLED":
-        client.set_terminated(child, status="KILLED")
+    end_killed(client, child)
     return True
+
+
+def end_killed(client: Any, run_id: str) -> None:
+    """End a stopped trial's run KILLED and drop any ``error`` tag its torn-down workers left."""
+    run = client.get_run(run_id)
+    if ERROR_TAG in run.data.tags:
+        client.delete_tag(run_id, ERROR_TAG)
+    if run.info.status != "KILLED":
+        client.set_terminated(run_id, status="KILLED")
 
 
 def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]:
