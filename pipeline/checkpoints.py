@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,29 @@ def resolve_run(config: ExperimentConfig, storage: Path) -> tuple[str, Path | No
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         checkpoint = None
     return name, checkpoint
+
+
+def check_storage(storage: str) -> None:
+    """Return None if ``storage`` (the resolved ``ray.storage_path``) is, or can be made, a writable folder.
+
+    Raises ConfigError naming the key: a run that would fail on its first checkpoint must fail before any
+    work. Nothing is created: the nearest existing folder on the path is probed instead.
+    """
+    if "://" in storage:
+        # A URI (s3://, gs://) is written by Ray's own file system layer; nothing local to check.
+        return
+    folder = Path(storage)
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"ray.storage_path = {storage!r} cannot hold runs: {existing} is a file, not a folder")
+    try:
+        # A probe file: permission bits alone do not say (root, read-only mounts, /proc).
+        tempfile.TemporaryFile(dir=existing, prefix=".write-probe-").close()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError(
+            f"ray.storage_path = {storage!r} cannot hold runs: {existing} cannot be written ({reason})"
+        ) from None
 
 
 def read_run_id(run_dir: Path) -> str | None:

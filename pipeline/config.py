@@ -167,6 +167,21 @@ class RayConfig(Section):
     num_cpus: int | None = Field(None, ge=1)
     object_store_memory: int | None = Field(None, ge=78643200)
 
+    @field_validator("run_name")
+    @classmethod
+    def _one_folder_name(cls, value: str | None) -> str | None:
+        # The name becomes a folder under storage_path: '..' or a separator would put the run somewhere else.
+        if value is not None and (
+            not value.strip()
+            or value.startswith(".")
+            or any(separator in value for separator in "/\\")
+            or not value.isprintable()
+        ):
+            raise ValueError(
+                "must be one folder name inside ray.storage_path: not empty, no '/' or '\\', not starting with '.'"
+            )
+        return value
+
 
 class TrackingConfig(Section):
     """MLflow: where runs are recorded and what happens when the store is unreachable."""

@@ -13,6 +13,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.checkpoints import (
+    check_storage,
     checkpoint_epoch,
     checkpoint_folders,
     checkpoint_metrics,
@@ -154,8 +155,9 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         method_class.validate_data(config, len(sources["train"]))
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from None
-    tracking_uri = tracking.reachable_store(config.tracking)
     storage = storage_root(config.ray)
+    check_storage(storage)
+    tracking_uri = tracking.reachable_store(config.tracking)
     run_name, resume_from = resolve_run(config, Path(storage))
     run_dir = Path(storage) / run_name
     epochs_done = checkpoint_epoch(resume_from) if resume_from is not None else 0

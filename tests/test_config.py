@@ -206,3 +206,26 @@ def test_switching_method_on_the_command_line_starts_from_its_defaults() -> None
     config = load_config("selfcon_synthetic.yaml", ["method.name=supcon", "method.temperature=0.2"])
     assert config.method.name == "supcon" and config.method.temperature == 0.2
     assert load_config("selfcon_synthetic.yaml", ["method.name=selfcon"]).method.variant == "M"
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "a\\b", "..", ".hidden", "", " ", "tab\there"])
+def test_run_name_must_be_one_folder_name(name: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        build_config({"ray": {"run_name": name}})
+    message = str(error.value)
+    assert message.startswith(f"invalid config: ray.run_name = {name!r}: must be one folder name")
+    assert "\n" not in message
+
+
+def test_run_name_accepts_plain_names() -> None:
+    for name in ("moco-synthetic-1a2b3c4d", "trial_007", "a..b"):
+        assert build_config({"ray": {"run_name": name}}).ray.run_name == name
+
+
+def test_cli_refuses_an_escaping_run_name_in_one_line() -> None:
+    bad = _cli("--config", "quickstart.yaml", "--set", "ray.run_name=../../escaped")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "error: invalid config: ray.run_name = '../../escaped': must be one folder name inside ray.storage_path: "
+        "not empty, no '/' or '\\', not starting with '.'"
+    ]

@@ -177,10 +177,13 @@ def grid_trials_record(grid: Grid) -> list[dict[str, Any]]:
 def plan_sweep(grid: Grid) -> SweepPlan:
     """Return the sweep's plan after opening (or finding) its MLflow parent run; each trial's config points at it."""
     from pipeline import tracking
+    from pipeline.checkpoints import check_storage
     from pipeline.cluster import storage_root
 
     reference = grid.trials[0].config
-    tune_path = Path(storage_root(reference.ray)) / "sweeps" / grid.sweep_name
+    storage = storage_root(reference.ray)
+    check_storage(storage)
+    tune_path = Path(storage) / "sweeps" / grid.sweep_name
     uri = tracking.reachable_store(reference.tracking)
     parent = find_or_create_parent(uri, reference.tracking.experiment, grid)
     configs = {}
@@ -404,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         plan, outcome = run_sweep(grid, args.max_concurrent)
-    except (GridError, ResourceError, TrackingError) as exc:
+    except (ConfigError, GridError, ResourceError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, error in outcome.failed:
