@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,13 @@ PARENT_TAG = "mlflow.parentRunId"
 # Set by the sweep driver on a run its scheduler stopped; such a run stays KILLED whatever its processes report.
 STOPPED_TAG = "stopped_early"
 MAX_BATCH = 100
+# Beside a sqlite store: serialises its creation and schema migration across processes (commands, trials, workers).
+LOCK_SUFFIX = ".lock"
+# MLflow already waits up to 20 s for a sqlite lock per call; a call that still finds the store busy is retried.
+BUSY_ATTEMPTS = 4
+BUSY_PAUSE_S = 1.0
+# sqlite stores whose schema this process has created or checked under the lock (MLflow caches the store per URI).
+_PREPARED_STORES: set[str] = set()
 
 
 class TrackingError(RuntimeError):
@@ -44,11 +54,72 @@ def resolve_tracking_uri(config: TrackingConfig) -> str:
     return config.uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
-def _client(uri: str) -> Any:
-    """Return an MlflowClient bound to ``uri``."""
+def sqlite_path(uri: str) -> Path | None:
+    """Return the database file of a ``sqlite:///`` store URI (None for any other store)."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def store_lock(database: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` while the block runs (other processes wait for it)."""
+    with open(f"{database}{LOCK_SUFFIX}", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def is_busy(error: BaseException) -> bool:
+    """Return whether ``error`` says a sqlite store was locked by another writer (worth retrying)."""
+    return "database is locked" in str(error) or "database table is locked" in str(error)
+
+
+def retry_busy(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Return ``call(*args, **kwargs)``, retried up to ``BUSY_ATTEMPTS`` times in all while the store is busy."""
+    attempt = 1
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if attempt >= BUSY_ATTEMPTS or not is_busy(exc):
+                raise
+            log.warning("MLflow store busy (%s); retrying (%d/%d)", type(exc).__name__, attempt, BUSY_ATTEMPTS - 1)
+            time.sleep(BUSY_PAUSE_S * attempt)
+            attempt += 1
+
+
+class BusyRetryingClient:
+    """An MlflowClient whose calls are retried while a sqlite store is busy; everything else is the client's own."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+        return functools.partial(retry_busy, attribute)
+
+
+def mlflow_client(uri: str) -> Any:
+    """Return an MlflowClient bound to ``uri``; a sqlite store is created or migrated under its file lock first.
+
+    Several processes creating or migrating one new sqlite store at once break it for good (MLflow's
+    migrations are not atomic), so the first client of each process builds the store holding
+    ``<database>.lock``; every later call is retried while another writer holds the database.
+    """
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    database = sqlite_path(uri)
+    if database is None:
+        return MlflowClient(tracking_uri=uri)
+    if uri not in _PREPARED_STORES and database.parent.is_dir():
+        with store_lock(database):
+            # Building the client builds MLflow's cached store for this URI: schema creation and migration.
+            MlflowClient(tracking_uri=uri)
+        _PREPARED_STORES.add(uri)
+    return BusyRetryingClient(MlflowClient(tracking_uri=uri))
 
 
 def _artifact_root(uri: str, experiment: str) -> str | None:
@@ -84,7 +155,7 @@ def check_store(uri: str) -> str:
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "10"
     try:
-        _client(uri).search_experiments(max_results=1)
+        mlflow_client(uri).search_experiments(max_results=1)
     except Exception as exc:  # noqa: BLE001 - any failure means the store is unusable; say why
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"MLflow tracking store {uri} cannot be reached: {reason}") from None
@@ -111,11 +182,19 @@ def reachable_store(config: TrackingConfig) -> str:
 
 def experiment_id(uri: str, name: str) -> str:
     """Return the id of experiment ``name`` in store ``uri``, creating it if needed."""
-    client = _client(uri)
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_root(uri, name))
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(uri, name))
+    except MlflowException as exc:
+        # Another process (a second command, a concurrent trial) created it between the lookup and here.
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def open_run(
@@ -130,7 +209,7 @@ def open_run(
     Params are logged once; on a resumed run the params whose value differs in this attempt are
     returned as ``{key: (recorded, now)}`` and tagged on the run (MLflow keeps the first value).
     """
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp_id = experiment_id(uri, config.experiment)
     if existing_run_id is not None and _run_exists(client, existing_run_id):
         client.update_run(existing_run_id, status="RUNNING")
@@ -164,7 +243,7 @@ def log_params(handle: RunHandle, params: Mapping[str, Any]) -> dict[str, tuple[
     """Log params not yet on the run; return ``{key: (recorded, now)}`` for those whose value changed."""
     from mlflow.entities import Param
 
-    client = _client(handle.tracking_uri)
+    client = mlflow_client(handle.tracking_uri)
     logged = client.get_run(handle.run_id).data.params
     fresh = []
     changed: dict[str, tuple[str, str]] = {}
@@ -185,27 +264,27 @@ def log_metrics(handle: RunHandle, metrics: Mapping[str, float], step: int) -> N
 
     now = int(time.time() * 1000)
     batch = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-    client = _client(handle.tracking_uri)
+    client = mlflow_client(handle.tracking_uri)
     for start in range(0, len(batch), MAX_BATCH):
         client.log_batch(handle.run_id, metrics=batch[start : start + MAX_BATCH])
 
 
 def last_logged_step(handle: RunHandle, metric: str) -> int:
     """Return the largest step logged for ``metric`` (-1 if none): a restarted run skips those epochs."""
-    history = _client(handle.tracking_uri).get_metric_history(handle.run_id, metric)
+    history = mlflow_client(handle.tracking_uri).get_metric_history(handle.run_id, metric)
     return max((m.step for m in history), default=-1)
 
 
 def latest_metric(handle: RunHandle, metric: str) -> float | None:
     """Return the latest value logged for ``metric`` on the run, or None."""
-    return _client(handle.tracking_uri).get_run(handle.run_id).data.metrics.get(metric)
+    return mlflow_client(handle.tracking_uri).get_run(handle.run_id).data.metrics.get(metric)
 
 
 def recorded_metric(uri: str, run_id: str | None, metric: str) -> float | None:
     """Return the latest value of ``metric`` on run ``run_id`` in store ``uri``; None if the run or metric is absent."""
     if run_id is None:
         return None
-    client = _client(uri)
+    client = mlflow_client(uri)
     if not _run_exists(client, run_id):
         return None
     return client.get_run(run_id).data.metrics.get(metric)
@@ -213,29 +292,29 @@ def recorded_metric(uri: str, run_id: str | None, metric: str) -> float | None:
 
 def log_text(handle: RunHandle, text: str, artifact_file: str) -> None:
     """Store ``text`` as an artifact of the run."""
-    _client(handle.tracking_uri).log_text(handle.run_id, text, artifact_file)
+    mlflow_client(handle.tracking_uri).log_text(handle.run_id, text, artifact_file)
 
 
 def log_artifact(handle: RunHandle, path: str | Path, artifact_path: str | None = None) -> None:
     """Store the file at ``path`` as an artifact of the run."""
-    _client(handle.tracking_uri).log_artifact(handle.run_id, str(path), artifact_path)
+    mlflow_client(handle.tracking_uri).log_artifact(handle.run_id, str(path), artifact_path)
 
 
 def set_tags(handle: RunHandle, tags: Mapping[str, str]) -> None:
     """Set tags on the run."""
-    client = _client(handle.tracking_uri)
+    client = mlflow_client(handle.tracking_uri)
     for key, value in tags.items():
         client.set_tag(handle.run_id, key, value)
 
 
 def finish_run(handle: RunHandle, status: str) -> None:
     """Mark the run FINISHED, FAILED or KILLED."""
-    _client(handle.tracking_uri).set_terminated(handle.run_id, status=status)
+    mlflow_client(handle.tracking_uri).set_terminated(handle.run_id, status=status)
 
 
 def stopped_by_scheduler(handle: RunHandle) -> bool:
     """Return whether a sweep's scheduler stopped the run (it carries ``STOPPED_TAG``)."""
-    return STOPPED_TAG in _client(handle.tracking_uri).get_run(handle.run_id).data.tags
+    return STOPPED_TAG in mlflow_client(handle.tracking_uri).get_run(handle.run_id).data.tags
 
 
 def run_url(handle: RunHandle) -> str:

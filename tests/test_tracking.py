@@ -85,3 +85,42 @@ def test_metric_history_and_final_status(mlflow_uri: str) -> None:
     assert client.get_run(handle.run_id).info.status == "FINISHED"
     assert [a.path for a in client.list_artifacts(handle.run_id)] == ["config.yaml"]
     assert "mlflow ui --backend-store-uri" in tracking.run_url(handle)
+
+
+def test_a_busy_store_is_retried_a_bounded_number_of_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setattr(tracking, "BUSY_PAUSE_S", 0.0)
+    calls: list[str] = []
+
+    def busy_twice(value: str) -> str:
+        calls.append(value)
+        if len(calls) <= 2:
+            raise MlflowException("(sqlite3.OperationalError) database is locked")
+        return value
+
+    assert tracking.retry_busy(busy_twice, "done") == "done" and len(calls) == 3
+
+    def always_busy() -> None:
+        calls.append("busy")
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="database is locked"):
+        tracking.retry_busy(always_busy)
+    assert len(calls) == tracking.BUSY_ATTEMPTS
+
+    def broken() -> None:
+        calls.append("broken")
+        raise MlflowException("no such run")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="no such run"):
+        tracking.retry_busy(broken)
+    assert calls == ["broken"]
+
+
+def test_sqlite_clients_retry_and_other_stores_get_the_plain_client(mlflow_uri: str) -> None:
+    assert isinstance(tracking.mlflow_client(mlflow_uri), tracking.BusyRetryingClient)
+    assert tracking.mlflow_client(mlflow_uri).tracking_uri == mlflow_uri
+    assert isinstance(tracking.mlflow_client(UNREACHABLE), MlflowClient)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import tracking
 from tuning.grid import format_value
 
 LEARNING_CURVE_METRIC = "knn/top1"
@@ -52,12 +53,11 @@ class Report:
 
 def find_parent(uri: str, sweep: str) -> Any:
     """Return the parent run named by ``sweep`` (a parent run id, or a sweep name); raise ValueError if none."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from tuning.sweep import SWEEP_TAG
 
-    client = MlflowClient(uri)
+    client = tracking.mlflow_client(uri)
     with contextlib.suppress(MlflowException):  # not a run id: look the name up instead
         run = client.get_run(sweep)
         if run.data.tags.get("sweep_role") == "parent":
@@ -73,12 +73,10 @@ def find_parent(uri: str, sweep: str) -> Any:
 
 def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
     """Return every planned trial with its status and metric value, and the grid's metric name and mode."""
-    from mlflow import MlflowClient
-
     from pipeline.tracking import STOPPED_TAG
     from tuning.sweep import TRIALS_ARTIFACT
 
-    client = MlflowClient(uri)
+    client = tracking.mlflow_client(uri)
     parent_id = parent.info.run_id
     planned = json.loads(Path(client.download_artifacts(parent_id, TRIALS_ARTIFACT)).read_text())
     metric, mode = parent.data.params["metric"], parent.data.params["mode"]
@@ -208,13 +206,12 @@ def plot_learning_curves(uri: str, records: list[TrialRecord], mode: str, folder
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from mlflow import MlflowClient
 
     finished = [record for record in records if record.value is not None and record.run_id]
     if not finished:
         return None
     ordered = sorted(finished, key=lambda record: record.value, reverse=mode == "max")
-    client = MlflowClient(uri)
+    client = tracking.mlflow_client(uri)
     figure, plot = plt.subplots(figsize=(6, 4))
     for label, record in (("best", ordered[0]), ("worst", ordered[-1])):
         history = client.get_metric_history(record.run_id, LEARNING_CURVE_METRIC)
@@ -232,8 +229,6 @@ def plot_learning_curves(uri: str, records: list[TrialRecord], mode: str, folder
 
 def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
     """Return the sweep's report after writing its files to ``folder`` (a temp folder if None) and to MLflow."""
-    from pipeline import tracking
-
     parent = find_parent(uri, sweep)
     records, metric, mode = collect(uri, parent)
     axes = list(records[0].axis_values) if records else []
@@ -265,7 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow store [the default store: sqlite:///mlflow.db here]")
     parser.add_argument("--out", help="folder for the report files [a temporary folder]")
     args = parser.parse_args(argv)
-    from pipeline import tracking
     from pipeline.config import TrackingConfig
 
     uri = args.tracking_uri or tracking.resolve_tracking_uri(TrackingConfig())

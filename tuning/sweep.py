@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline import tracking
 from pipeline.config import ConfigError, ExperimentConfig, build_config, with_overrides
 from pipeline.tracking import STOPPED_TAG
 from tuning.grid import Grid, GridError, load_grid, parse_assignments
@@ -101,7 +102,6 @@ def pretrain_reporting(config: ExperimentConfig, metric: str) -> Any:
     Training runs in a thread; this one reads the trial's MLflow run every few seconds, so a scheduler
     (ASHA) can stop the trial between epochs without any hook inside the training workers.
     """
-    from mlflow import MlflowClient
     from ray import tune
 
     from pipeline.launch import pretrain
@@ -116,7 +116,7 @@ def pretrain_reporting(config: ExperimentConfig, metric: str) -> Any:
 
     worker = threading.Thread(target=train, name="pretrain", daemon=True)
     worker.start()
-    client, reported, child = MlflowClient(config.tracking.uri), 0, None
+    client, reported, child = tracking.mlflow_client(config.tracking.uri), 0, None
     while True:
         running = worker.is_alive()
         # The child run is looked up until it exists, then only its metric history is read.
@@ -135,11 +135,7 @@ def pretrain_reporting(config: ExperimentConfig, metric: str) -> Any:
 
 def find_child(config: ExperimentConfig) -> str | None:
     """Return the id of the trial's child run in MLflow, None before it is opened."""
-    from mlflow import MlflowClient
-
-    from pipeline import tracking
-
-    client = MlflowClient(config.tracking.uri)
+    client = tracking.mlflow_client(config.tracking.uri)
     experiment_id = tracking.experiment_id(config.tracking.uri, config.tracking.experiment)
     trial = config.tracking.tags["trial"]
     found = client.search_runs(
@@ -151,11 +147,7 @@ def find_child(config: ExperimentConfig) -> str | None:
 
 def record_failure(config: ExperimentConfig, error: BaseException) -> None:
     """Tag the trial's child run with ``error`` (creating a FAILED one when it failed before opening its run)."""
-    from mlflow import MlflowClient
-
-    from pipeline import tracking
-
-    client = MlflowClient(config.tracking.uri)
+    client = tracking.mlflow_client(config.tracking.uri)
     experiment_id = tracking.experiment_id(config.tracking.uri, config.tracking.experiment)
     child = find_child(config)
     message = (str(error).strip().splitlines() or [type(error).__name__])[-1][:5000]
@@ -176,7 +168,6 @@ def grid_trials_record(grid: Grid) -> list[dict[str, Any]]:
 
 def plan_sweep(grid: Grid) -> SweepPlan:
     """Return the sweep's plan after opening (or finding) its MLflow parent run; each trial's config points at it."""
-    from pipeline import tracking
     from pipeline.checkpoints import check_storage
     from pipeline.cluster import storage_root
 
@@ -205,11 +196,7 @@ def plan_sweep(grid: Grid) -> SweepPlan:
 
 def find_or_create_parent(uri: str, experiment: str, grid: Grid) -> str:
     """Return the id of the sweep's parent run: the one tagged with its name, else a new one holding the grid."""
-    from mlflow import MlflowClient
-
-    from pipeline import tracking
-
-    client = MlflowClient(uri)
+    client = tracking.mlflow_client(uri)
     experiment_id = tracking.experiment_id(uri, experiment)
     found = client.search_runs(
         [experiment_id], filter_string=f"tags.{SWEEP_TAG} = '{grid.sweep_name}' and tags.sweep_role = 'parent'"
@@ -292,12 +279,10 @@ def asha_scheduler(grid: Grid) -> Any:
 
 def mark_stopped(trial_config: dict[str, Any], epochs: int) -> None:
     """End the MLflow run of a trial the scheduler stopped: status KILLED, tag ``stopped_early`` = epochs trained."""
-    from mlflow import MlflowClient
-
     config = build_config(trial_config["config"])
     child = find_child(config)
     if child is not None:
-        client = MlflowClient(config.tracking.uri)
+        client = tracking.mlflow_client(config.tracking.uri)
         client.set_tag(child, STOPPED_TAG, str(epochs))
         end_killed(client, child)
 
@@ -308,11 +293,10 @@ def settle_stopped(trial_config: dict[str, Any]) -> bool:
     Called once Tune has ended every trial: a stopped trial's processes may have written FAILED and an
     error after ``mark_stopped`` ran, while its workers were being torn down.
     """
-    from mlflow import MlflowClient
 
     config = build_config(trial_config["config"])
     child = find_child(config)
-    client = MlflowClient(config.tracking.uri)
+    client = tracking.mlflow_client(config.tracking.uri)
     if child is None or STOPPED_TAG not in client.get_run(child).data.tags:
         return False
     end_killed(client, child)
@@ -417,9 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     report = write_report(plan.tracking_uri, plan.parent_run_id)
     print(report.markdown)
     print(f"report files in {report.folder} (also artifacts of MLflow run {plan.parent_run_id})")
-    from mlflow import MlflowClient
 
-    MlflowClient(plan.tracking_uri).set_terminated(plan.parent_run_id, status=outcome.status)
+    tracking.mlflow_client(plan.tracking_uri).set_terminated(plan.parent_run_id, status=outcome.status)
     if outcome.unfinished:
         print(
             f"interrupted: {len(outcome.unfinished)} of {len(grid.trials)} trials unfinished "
