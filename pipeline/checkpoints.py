@@ -1,9 +1,10 @@
 """Run folders and checkpoints: naming runs, finding the latest complete checkpoint, resume decisions.
 
 A checkpoint folder holds ``checkpoint.pt`` (the full state), ``metrics.json`` (the epoch's
-metrics, readable without loading networks) and, written last, ``manifest.json`` with the size of
-each. Ray copies the folder into the run's storage file by file, so an interrupt can leave a torn
-copy; a folder counts as complete only when its manifest parses and every listed file has its size.
+metrics, readable without loading networks) and, written last, ``manifest.json`` with the size and
+SHA-256 of each. Ray copies the folder into the run's storage file by file, so an interrupt can leave
+a torn copy, and a disk or copy fault can change bytes without changing sizes; a folder counts as
+complete only when its manifest parses and every listed file has its size and its checksum.
 """
 
 from __future__ import annotations
@@ -57,8 +58,14 @@ def checkpoint_folders(run_dir: Path) -> list[Path]:
     return [folder for _, folder in sorted(found, reverse=True)]
 
 
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 (hex) of a file's content (about 1.7 GB/s here: well under a second per checkpoint)."""
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
 def incomplete_reason(checkpoint_dir: Path) -> str | None:
-    """Return why a checkpoint folder is not complete (None when it is)."""
+    """Return why a checkpoint folder is not complete or is corrupt (None when it is whole)."""
     try:
         manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
     except FileNotFoundError:
@@ -71,6 +78,10 @@ def incomplete_reason(checkpoint_dir: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != size:
             return f"{name} has {path.stat().st_size} bytes of {size}"
+    # Manifests written before checksums were recorded carry sizes only; those folders are checked by size.
+    for name, digest in manifest.get("sha256", {}).items():
+        if file_sha256(checkpoint_dir / name) != digest:
+            return f"{name} is corrupt (its content does not match the manifest's SHA-256)"
     return None
 
 
@@ -96,12 +107,15 @@ def load_checkpoint(checkpoint_dir: Path, device: torch.device | str = "cpu") ->
 
 
 def write_checkpoint(folder: Path, state: dict[str, Any]) -> None:
-    """Return None after writing ``state``, its ``metrics`` and, last, the manifest to a checkpoint folder."""
+    """Return None after writing ``state``, its ``metrics`` and, last, the manifest (sizes, SHA-256) to a folder."""
     folder = Path(folder)
     torch.save(state, folder / CHECKPOINT_FILE)
     (folder / METRICS_FILE).write_text(json.dumps(state["metrics"], sort_keys=True))
-    sizes = {name: (folder / name).stat().st_size for name in (CHECKPOINT_FILE, METRICS_FILE)}
-    (folder / MANIFEST_FILE).write_text(json.dumps({"epoch": state["epoch"], "files": sizes}, sort_keys=True))
+    names = (CHECKPOINT_FILE, METRICS_FILE)
+    sizes = {name: (folder / name).stat().st_size for name in names}
+    digests = {name: file_sha256(folder / name) for name in names}
+    manifest = {"epoch": state["epoch"], "files": sizes, "sha256": digests}
+    (folder / MANIFEST_FILE).write_text(json.dumps(manifest, sort_keys=True))
 
 
 def checkpoint_metrics(checkpoint_dir: Path) -> dict[str, float]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline import tracking
-from pipeline.checkpoints import read_run_id, read_tracking_uri
+from pipeline.checkpoints import checkpoint_folders, incomplete_reason, read_run_id, read_tracking_uri
 from pipeline.config import ConfigError
 from pipeline.data.build import build_source
 from pipeline.linear_train import augmented_logits
@@ -52,6 +52,7 @@ def evaluate_run(
         config = load_run_config(run_dir, overrides)
     except ConfigError as exc:
         raise EvaluationError(str(exc)) from None
+    refuse_unusable_checkpoint(run_dir)
     checkpoint = finished_checkpoint(run_dir, config)
     linear = config.eval.linear
     key = settings_key(config, checkpoint)
@@ -72,6 +73,19 @@ def evaluate_run(
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(result.to_json())
     return result
+
+
+def refuse_unusable_checkpoint(run_dir: Path) -> None:
+    """Return None unless the run's newest checkpoint folder is torn or corrupt; then raise EvaluationError saying so.
+
+    Evaluating the previous epoch instead would silently report another checkpoint than the run's result.
+    """
+    newest = next(iter(checkpoint_folders(run_dir)), None)
+    reason = incomplete_reason(newest) if newest is not None else None
+    if reason is not None:
+        raise EvaluationError(
+            f"checkpoint {newest} is unusable ({reason}): rerun the pretraining command to train that epoch again"
+        )
 
 
 def evaluate_and_record(

@@ -131,13 +131,13 @@ def pixel_baseline(config: ExperimentConfig, sources: dict[str, Source]) -> floa
 
 
 def announce_torn_checkpoints(run_dir: Path, resume_from: Path | None) -> None:
-    """Print a line for every checkpoint folder newer than the one the run resumes from (torn by an interrupt)."""
+    """Print a line for every checkpoint folder newer than the one the run resumes from (torn or corrupt)."""
     for folder in checkpoint_folders(run_dir):
         if folder == resume_from:
             break
         reason = incomplete_reason(folder)
         target = resume_from.name if resume_from is not None else "the start"
-        print(f"checkpoint {folder.name} is incomplete ({reason}): resuming from {target} instead")
+        print(f"checkpoint {folder.name} is unusable ({reason}): resuming from {target} instead")
 
 
 def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:

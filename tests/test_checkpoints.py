@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pipeline.checkpoints import (
     load_checkpoint,
     write_checkpoint,
 )
+from tests.support.damage import corrupt_in_place
 
 
 def state_with(metrics: dict[str, float]) -> dict[str, object]:
@@ -49,6 +51,8 @@ def test_a_complete_checkpoint_has_a_manifest_written_last(tmp_path: Path) -> No
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert manifest["epoch"] == 1
     assert manifest["files"][CHECKPOINT_FILE] == (folder / CHECKPOINT_FILE).stat().st_size
+    for name in (CHECKPOINT_FILE, METRICS_FILE):
+        assert manifest["sha256"][name] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -61,6 +65,8 @@ def test_a_complete_checkpoint_has_a_manifest_written_last(tmp_path: Path) -> No
             lambda folder: (folder / CHECKPOINT_FILE).write_bytes((folder / CHECKPOINT_FILE).read_bytes()[:100]),
             "checkpoint.pt has 100 bytes of",
         ),
+        (lambda folder: corrupt_in_place(folder / CHECKPOINT_FILE), "checkpoint.pt is corrupt"),
+        (lambda folder: corrupt_in_place(folder / METRICS_FILE), "metrics.json is corrupt"),
     ],
 )
 def test_a_torn_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path: Path, damage: object, reason: str) -> None:
@@ -76,3 +82,12 @@ def test_a_torn_latest_checkpoint_is_skipped_for_the_previous_one(tmp_path: Path
 def test_no_checkpoint_in_an_empty_or_missing_run(tmp_path: Path) -> None:
     assert latest_checkpoint(tmp_path) is None
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def test_a_manifest_without_checksums_is_checked_by_size(tmp_path: Path) -> None:
+    folder = write_epoch(tmp_path, 1)
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    (folder / MANIFEST_FILE).write_text(json.dumps({"epoch": 1, "files": manifest["files"]}))
+    assert incomplete_reason(folder) is None
+    (folder / METRICS_FILE).write_text("{}")
+    assert "metrics.json has 2 bytes of" in incomplete_reason(folder)

@@ -120,7 +120,7 @@ def test_interrupts_at_any_point_resume_to_the_uninterrupted_result(tmp_path: Pa
     torn.write_bytes(torn.read_bytes()[:1000])
     code, output = Attempt(overrides, None, tmp_path / "attempt5.log").finish()
     assert code == 0, output
-    assert "checkpoint epoch_0002 is incomplete (checkpoint.pt has 1000 bytes of" in output
+    assert "checkpoint epoch_0002 is unusable (checkpoint.pt has 1000 bytes of" in output
     assert "resuming from epoch_0001 instead" in output
 
     final = load_checkpoint(run_dir / "epoch_0003")
