@@ -233,6 +233,16 @@ def _format_error(error: ValidationError) -> str:
     return "invalid config: " + "; ".join(parts)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """Return a YAML parse error as one line: what is wrong and where (PyYAML's own text quotes the source)."""
+    problem = getattr(error, "problem", None)
+    mark = getattr(error, "problem_mark", None)
+    if problem is None:
+        return " ".join(str(error).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
 def parse_value(text: str) -> Any:
     """Return a typed value from an override's text (YAML scalars and flow lists)."""
     try:
@@ -281,7 +291,7 @@ def load_raw(path: str | Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(candidate.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {candidate} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {candidate} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {candidate} must hold a mapping of sections")
     return raw

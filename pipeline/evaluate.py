@@ -107,14 +107,16 @@ def run_folder(run: str, tracking_uri: str | None) -> Path:
     """Return the run folder named by ``run``: a path, or an MLflow run id whose ``run_dir`` tag names it."""
     if Path(run).is_dir() or not RUN_ID.match(run):
         return Path(run)
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     from pipeline.config import TrackingConfig
 
-    uri = tracking_uri or tracking.resolve_tracking_uri(TrackingConfig())
     try:
-        tags = MlflowClient(uri).get_run(run).data.tags
+        uri = tracking.existing_store(tracking_uri or tracking.resolve_tracking_uri(TrackingConfig()))
+    except tracking.TrackingError as exc:
+        raise EvaluationError(f"{exc} (pass --tracking-uri, or the run folder)") from None
+    try:
+        tags = tracking.mlflow_client(uri).get_run(run).data.tags
     except MlflowException:
         raise EvaluationError(f"no MLflow run {run} in {uri} (pass --tracking-uri, or the run folder)") from None
     if "run_dir" not in tags:

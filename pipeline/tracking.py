@@ -168,6 +168,18 @@ def check_store(uri: str) -> str:
     return uri
 
 
+def existing_store(uri: str) -> str:
+    """Return ``uri`` if it names a store that already exists and answers; raise TrackingError otherwise.
+
+    For commands that only read what was recorded (reports, run lookups): opening a sqlite URI creates
+    the database, so a mistyped path would leave an empty store behind and report "nothing found".
+    """
+    database = sqlite_path(uri)
+    if database is not None and not database.is_file():
+        raise TrackingError(f"no MLflow store at {database} (from {uri}): check the store URI")
+    return check_store(uri)
+
+
 def reachable_store(config: TrackingConfig) -> str:
     """Return a usable store URI, falling back to ``tracking.fallback_uri`` if configured, else raise."""
     uri = resolve_tracking_uri(config)

@@ -114,8 +114,11 @@ def test_bad_override_syntax_and_paths() -> None:
 def test_invalid_yaml_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("train: [unclosed\n")
-    with pytest.raises(ConfigError, match="is not valid YAML"):
+    with pytest.raises(ConfigError) as error:
         load_config(path)
+    assert str(error.value) == (
+        f"config file {path} is not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"
+    )
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(path)

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from pipeline.config import ConfigError, ExperimentConfig, load_config, with_overrides
+from pipeline.config import ConfigError, ExperimentConfig, load_config, with_overrides, yaml_problem
 from pipeline.section import Section
 
 GRID_DIR = Path(__file__).resolve().parent / "grids"
@@ -189,7 +189,7 @@ def read_spec(path: Path) -> GridSpec:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise GridError(f"grid {path}: not valid YAML: {exc}") from None
+        raise GridError(f"grid {path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise GridError(f"grid {path}: must hold a mapping (name, metric, full, quick, ...)")
     try:
@@ -199,8 +199,11 @@ def read_spec(path: Path) -> GridSpec:
         raise GridError(f"grid {path}: {problems}") from None
 
 
-def _axis_columns(path: Path, form: GridForm) -> list[list[dict[str, Any]]]:
+def _axis_columns(path: Path, form: GridForm, axes_key: str) -> list[list[dict[str, Any]]]:
     """Return each axis as its list of ``{key: value}`` settings (a zipped group sets several keys at once)."""
+    if not form.axes and not form.zip:
+        # A grid without an axis is one trial, not an ablation: almost surely a mistake in the file.
+        raise GridError(f"grid {path}: {axes_key} is empty and there is no zip group: a grid needs at least one axis")
     columns: list[list[dict[str, Any]]] = []
     for key, values in form.axes.items():
         if not values:
@@ -262,7 +265,7 @@ def load_grid(path: str | Path, quick: bool = False, extra: dict[str, Any] | Non
     fixed = {**form.set, **form.resources.overrides(), **(extra or {})}
     fixed["eval.linear.enabled"] = spec.evaluation == "linear"
     base = _check(grid_path, "set", lambda: with_overrides(base_config, fixed))
-    columns = _axis_columns(grid_path, form)
+    columns = _axis_columns(grid_path, form, "quick.axes" if quick and spec.quick.axes is not None else "full.axes")
     for column in columns:
         for setting in column:
             described = ", ".join(f"axis {key} = {format_value(value)}" for key, value in setting.items())

@@ -262,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from pipeline.config import TrackingConfig
 
-    uri = args.tracking_uri or tracking.resolve_tracking_uri(TrackingConfig())
     try:
+        uri = tracking.existing_store(args.tracking_uri or tracking.resolve_tracking_uri(TrackingConfig()))
         report = write_report(uri, args.sweep, Path(args.out) if args.out else None)
-    except ValueError as exc:
+    except (ValueError, tracking.TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.markdown)

@@ -139,3 +139,22 @@ def test_asha_is_off_by_default_and_wants_a_per_epoch_metric(tmp_path: Path) -> 
     path.write_text(yaml.safe_dump({**fields, "metric": "knn/top1", "asha": {"reduction_factor": 1}}))
     with pytest.raises(GridError, match=r"asha.reduction_factor"):
         read_spec(path)
+
+
+def test_a_malformed_grid_file_is_one_line_naming_where(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: broken\nfull:\n  base: quickstart.yaml\n  axes: {optim.lr: [0.1, 0.2}\n")
+    with pytest.raises(GridError) as error:
+        load_grid(path)
+    assert str(error.value) == f"grid {path}: not valid YAML: expected ',' or ']', but got '}}' at line 4, column 29"
+
+
+def test_a_grid_without_any_axis_is_refused_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(GridError, match=r"full.axes is empty and there is no zip group: a grid needs at least one"):
+        load_grid(write_grid(tmp_path, axes={}))
+    path = tmp_path / "quick.yaml"
+    full = {"base": "quickstart.yaml", "set": dict(TINY), "axes": {"method.temperature": [0.1, 0.2]}}
+    path.write_text(yaml.safe_dump({"name": "quick_grid", "full": full, "quick": {"axes": {}}}))
+    assert len(load_grid(path).trials) == 2
+    with pytest.raises(GridError, match=r"quick.axes is empty"):
+        load_grid(path, quick=True)
