@@ -2,7 +2,7 @@
 
 Reads a sweep's child runs back from MLflow and writes the comparison in the form the papers'
 ablation tables use: one row per grid point (axis values), the metric's mean ± std over seeds, the
-best row marked, pending, failed and (ASHA) early-stopped trials shown. Writes ``report.md``,
+best row marked, pending, failed, interrupted and (ASHA) early-stopped trials shown. Writes ``report.md``,
 ``report.csv``, one plot of the metric against each axis (one line per value of another axis) and the
 learning curves of the best and the worst trial, and logs them all as artifacts of the sweep's parent
 run. Works on a sweep in progress.
@@ -127,6 +127,7 @@ def summarise(records: list[TrialRecord], mode: str) -> list[dict[str, Any]]:
                 "finished": len(values),
                 "seeds": len(members),
                 "failed": sum(member.status == "FAILED" for member in members),
+                "interrupted": sum(member.status == "KILLED" and member.stopped_at is None for member in members),
                 "stopped": len(stopped),
                 "stopped_note": f"stopped at epoch {furthest.stopped_at} ({furthest.partial:.2f})" if furthest else "",
                 "best": False,
@@ -150,7 +151,7 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str) -> 
         elif row["stopped"]:
             figure = row["stopped_note"]
         else:
-            figure = "pending" if not row["failed"] else "failed"
+            figure = "failed" if row["failed"] else "interrupted" if row["interrupted"] else "pending"
         cells = [str(row[axis]) for axis in axes] + [figure, f"{row['finished']}/{row['seeds']}", str(row["failed"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

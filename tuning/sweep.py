@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from tuning.grid import Grid, GridError, load_grid, parse_assignments
 
 SWEEP_TAG = "sweep"
 ERROR_TAG = "error"
+# On a trial's child run that an interrupted sweep left unfinished: when, and that a re-run resumes it.
+INTERRUPTED_TAG = "interrupted"
 TRIALS_ARTIFACT = "trials.json"
 # The trial's own driver needs no CPU of its own: its TorchTrainer's workers reserve the real ones.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
@@ -166,17 +169,9 @@ def grid_trials_record(grid: Grid) -> list[dict[str, Any]]:
     return [{"name": t.name, "axis_values": t.axis_values, "seed": t.seed} for t in grid.trials]
 
 
-def plan_sweep(grid: Grid) -> SweepPlan:
+def plan_sweep(grid: Grid, uri: str, tune_path: Path) -> SweepPlan:
     """Return the sweep's plan after opening (or finding) its MLflow parent run; each trial's config points at it."""
-    from pipeline.checkpoints import check_storage
-    from pipeline.cluster import storage_root
-
-    reference = grid.trials[0].config
-    storage = storage_root(reference.ray)
-    check_storage(storage)
-    tune_path = Path(storage) / "sweeps" / grid.sweep_name
-    uri = tracking.reachable_store(reference.tracking)
-    parent = find_or_create_parent(uri, reference.tracking.experiment, grid)
+    parent = find_or_create_parent(uri, grid.trials[0].config.tracking.experiment, grid)
     configs = {}
     for trial in grid.trials:
         tags = {**trial.config.tracking.tags, **trial.tags(), SWEEP_TAG: grid.sweep_name}
@@ -241,7 +236,7 @@ def trial_demand(config: ExperimentConfig, actors: dict[str, float]) -> dict[str
     }
 
 
-def check_cluster(plan: SweepPlan, max_concurrent: int) -> int:
+def check_cluster(configs: dict[str, ExperimentConfig], max_concurrent: int) -> int:
     """Return how many trials run at once; raise ResourceError naming a trial the cluster cannot hold."""
     import ray
 
@@ -249,7 +244,7 @@ def check_cluster(plan: SweepPlan, max_concurrent: int) -> int:
 
     available = ray.cluster_resources()
     fits = max_concurrent
-    for name, config in plan.configs.items():
+    for name, config in configs.items():
         actors = actor_demand(config)
         try:
             check_resources(config.ray, cluster_address(config.ray) is None, actors)
@@ -312,17 +307,39 @@ def end_killed(client: Any, run_id: str) -> None:
         client.set_terminated(run_id, status="KILLED")
 
 
+def end_interrupted(config: ExperimentConfig) -> bool:
+    """Return whether the trial's child run was left RUNNING by an interrupt; if so end it KILLED, tagged why.
+
+    Tune stops an interrupted trial's driver without letting it record its end, so the sweep does it.
+    """
+    child = find_child(config)
+    if child is None:
+        return False
+    client = tracking.mlflow_client(config.tracking.uri)
+    if client.get_run(child).info.status != "RUNNING":
+        return False
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    client.set_tag(child, INTERRUPTED_TAG, f"{when}: the sweep was interrupted; run it again to resume this trial")
+    client.set_terminated(child, status="KILLED")
+    return True
+
+
 def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]:
     """Run (or resume) the sweep until it ends or is interrupted; return its plan and how it ended."""
     from ray import tune
 
-    from pipeline.cluster import ensure_ray
+    from pipeline.checkpoints import check_storage
+    from pipeline.cluster import ensure_ray, storage_root
     from tuning.callbacks import EarlyStopRecorder
 
-    plan = plan_sweep(grid)
-    reference = next(iter(plan.configs.values()))
+    reference = grid.trials[0].config
+    # Every check that can refuse the sweep runs before its MLflow parent run exists: storage, store, resources.
+    storage = storage_root(reference.ray)
+    check_storage(storage)
+    uri = tracking.reachable_store(reference.tracking)
     ensure_ray(reference.ray)
-    concurrent = check_cluster(plan, max_concurrent)
+    concurrent = check_cluster({trial.name: trial.config for trial in grid.trials}, max_concurrent)
+    plan = plan_sweep(grid, uri, Path(storage) / "sweeps" / grid.sweep_name)
     trainable = tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES)
     if tune.Tuner.can_restore(str(plan.tune_path)):
         print(f"resuming sweep {grid.sweep_name} from {plan.tune_path}: finished trials are kept")
@@ -363,6 +380,8 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
             stopped.append(name)
     done = finished | set(stopped) | {name for name, _ in failed}
     unfinished = [trial.name for trial in grid.trials if trial.name not in done]
+    for name in unfinished:
+        end_interrupted(plan.configs[name])
     return plan, SweepOutcome(failed, unfinished, stopped)
 
 

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 from pipeline import tracking
 from pipeline.config import ExperimentConfig
 from tests.support.configs import tiny_config
-from tuning import sweep
+from tuning import report, sweep
 
 
 def trial_config(tmp_path: Path, mlflow_uri: str) -> tuple[ExperimentConfig, str]:
@@ -55,3 +55,25 @@ def test_a_failure_of_a_trial_that_was_not_stopped_is_recorded(tmp_path: Path, m
     sweep.record_failure(config, RuntimeError("Traceback ...\nValueError: loss is nan"))
     run = MlflowClient(mlflow_uri).get_run(child)
     assert run.data.tags["error"] == "ValueError: loss is nan" and tracking.STOPPED_TAG not in run.data.tags
+
+
+def test_an_interrupted_trial_left_running_is_ended_killed_with_the_reason(tmp_path: Path, mlflow_uri: str) -> None:
+    config, child = trial_config(tmp_path, mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(child).info.status == "RUNNING"
+    assert sweep.end_interrupted(config)
+    run = client.get_run(child)
+    assert run.info.status == "KILLED" and "the sweep was interrupted" in run.data.tags[sweep.INTERRUPTED_TAG]
+    # A run that already ended (finished, failed, stopped) keeps its status.
+    client.set_terminated(child, status="FINISHED")
+    assert not sweep.end_interrupted(config)
+    assert client.get_run(child).info.status == "FINISHED"
+
+
+def test_the_report_shows_an_interrupted_trial_as_interrupted_not_pending() -> None:
+    records = [
+        report.TrialRecord("grid-000", {"method.temperature": 0.1}, 0, "KILLED", None, "run0"),
+        report.TrialRecord("grid-001", {"method.temperature": 0.2}, 0, "PENDING", None, None),
+    ]
+    table = report.markdown_table(report.summarise(records, "max"), ["method.temperature"], "knn/top1")
+    assert "| 0.1 | interrupted | 0/1 | 0 |" in table and "| 0.2 | pending | 0/1 | 0 |" in table

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from pipeline import tracking
+from pipeline.cluster import ResourceError
 from pipeline.config import ConfigError
 from tests.support.configs import TINY
 from tuning import report, sweep
@@ -31,8 +32,19 @@ def test_an_unusable_storage_path_stops_the_sweep_before_its_parent_run(tmp_path
     store = tmp_path / "mlflow.db"
     grid = load_grid(write_grid(tmp_path, **{"ray.storage_path": str(blocker), "tracking.uri": f"sqlite:///{store}"}))
     with pytest.raises(ConfigError, match=f"ray.storage_path = '{blocker}' cannot hold runs: {blocker} is a file"):
-        sweep.plan_sweep(grid)
+        sweep.run_sweep(grid, max_concurrent=1)
     assert not store.exists()
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_sweep_refused_for_resources_refuses_before_its_parent_run(tmp_path: Path, mlflow_uri: str) -> None:
+    fixed = {"ray.storage_path": str(tmp_path / "runs"), "tracking.uri": mlflow_uri, "ray.cpus_per_worker": 4}
+    grid = load_grid(write_grid(tmp_path, **fixed))
+    with pytest.raises(ResourceError, match=r"trial checks-000: .* 8 CPU wanted, 2 in the cluster"):
+        sweep.run_sweep(grid, max_concurrent=1)
+    client = tracking.mlflow_client(mlflow_uri)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    assert (client.search_runs(experiments) if experiments else []) == []
 
 
 def test_report_on_a_mistyped_store_is_one_line_and_creates_nothing(

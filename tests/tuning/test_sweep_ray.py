@@ -95,7 +95,8 @@ def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     by_trial = children(client, parent)
     finished, failed = by_trial["tiny_sweep-000"], by_trial["tiny_sweep-001"]
     assert finished.info.status == "FINISHED" and failed.info.status == "FAILED"
-    assert by_trial["tiny_sweep-002"].info.status != "FINISHED"
+    interrupted = by_trial["tiny_sweep-002"]
+    assert interrupted.info.status == "KILLED" and "the sweep was interrupted" in interrupted.data.tags["interrupted"]
     assert finished.data.tags["axis.data.source"] == "synthetic" and finished.data.tags["seed"] == "0"
     assert "no_cifar" in failed.data.tags["error"]
     assert [m.step for m in client.get_metric_history(finished.info.run_id, "knn/top1")] == [0, 1]
