@@ -184,6 +184,9 @@ class SclConfig(MocoConfig):
     name: Literal["scl"] = "scl"  # type: ignore[assignment]
     temperature: float = Field(0.07, gt=0)
     pbsd: PbsdConfig = PbsdConfig()
+    # global: each query is contrasted with the queries and keys of every worker (one worker holding the
+    # global batch); worker: with its own worker's only, as the official DDP code does.
+    contrast_scope: Literal["global", "worker"] = "global"
 
 
 @register_params
@@ -228,6 +231,9 @@ class HcscConfig(MocoConfig):
     hierarchy_scale: Literal["off", "auto"] = "off"
     instance_selection: bool = True
     prototype_selection: bool = True
+    # global: PCSC's negative prototypes are those no image of the global batch has as its positive;
+    # worker: of the worker's own batch, as the official DDP code does.
+    contrast_scope: Literal["global", "worker"] = "global"
     clustering: ClusteringConfig = ClusteringConfig()
 
     @field_validator("hierarchy")

@@ -48,11 +48,14 @@ def extract_features(
     return torch.cat(features), torch.cat(indices).long()
 
 
-def gather_by_index(values: torch.Tensor, indices: torch.Tensor, total: int) -> torch.Tensor:
+def gather_by_index(
+    values: torch.Tensor, indices: torch.Tensor, total: int, destination: int | None = None
+) -> torch.Tensor | None:
     """Return ``[total, ...]`` holding every worker's ``values`` placed at their sample ``indices``.
 
-    Workers may hold different numbers of rows (padding samplers repeat some): rows are padded
-    to the largest count for the all-gather and a repeated index simply writes the same row twice.
+    With ``destination`` only that rank receives the rows (the others get None and send theirs once),
+    instead of every rank holding a copy. Workers may hold different numbers of rows (padding samplers
+    repeat some): rows are padded to the largest count and a repeated index writes the same row twice.
     """
     result = values.new_zeros((total, *values.shape[1:]))
     if not _distributed():
@@ -66,10 +69,17 @@ def gather_by_index(values: torch.Tensor, indices: torch.Tensor, total: int) -> 
     padded_values[: values.shape[0]] = values
     padded_indices = indices.new_zeros(largest)
     padded_indices[: indices.shape[0]] = indices
-    gathered_values = [torch.empty_like(padded_values) for _ in counts]
-    gathered_indices = [torch.empty_like(padded_indices) for _ in counts]
-    dist.all_gather(gathered_values, padded_values)
-    dist.all_gather(gathered_indices, padded_indices)
+    receives = destination is None or dist.get_rank() == destination
+    gathered_values = [torch.empty_like(padded_values) for _ in counts] if receives else None
+    gathered_indices = [torch.empty_like(padded_indices) for _ in counts] if receives else None
+    if destination is None:
+        dist.all_gather(gathered_values, padded_values)
+        dist.all_gather(gathered_indices, padded_indices)
+    else:
+        dist.gather(padded_values, gathered_values, dst=destination)
+        dist.gather(padded_indices, gathered_indices, dst=destination)
+    if gathered_values is None or gathered_indices is None:
+        return None
     for rank_count, rank_values, rank_indices in zip(counts, gathered_values, gathered_indices, strict=True):
         n = int(rank_count)
         result[rank_indices[:n]] = rank_values[:n]

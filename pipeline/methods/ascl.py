@@ -26,10 +26,17 @@ from pipeline.losses import (
 from pipeline.method_configs import AsclByolConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
-from pipeline.methods.common import build_encoder, momentum_copy, momentum_update, scheduled_momentum
+from pipeline.methods.common import (
+    build_encoder,
+    full_precision,
+    momentum_copy,
+    momentum_update,
+    scheduled_momentum,
+)
 from pipeline.methods.context import Batch, MethodContext, StepInfo, resolve_batch_norm
 from pipeline.methods.moco import MoCo
 from pipeline.methods.recipes import ASCL_WEAK, MOCO_V2
+from pipeline.models.distributed import all_gather_with_grad, concat_all_gather
 from pipeline.models.heads import PredictionHead
 
 
@@ -87,9 +94,9 @@ class Ascl(MoCo):
         # softmax and targets of 1/(K+1) need the precision. The logits' matmul stays MoCo's.
         logits = contrast_logits(query, key.to(query.dtype), queue.to(query.dtype), params.temperature)
         with torch.autocast(key.device.type, enabled=False):
-            relations = neighbour_relations(key.float(), queue.float(), params.sharpen_temperature)  # [B, K]
+            relations = neighbour_relations(full_precision(key), full_precision(queue), params.sharpen_temperature)
             targets, confidence = soft_targets(relations, params.mode, params.num_neighbors)  # [B, 1+K], [B]
-            loss = soft_cross_entropy(logits.float(), targets)
+            loss = soft_cross_entropy(full_precision(logits), targets)
         self.stage_enqueue(key, batch.labels)
         metrics = {
             "loss": loss,
@@ -143,13 +150,11 @@ class AsclByol(Method[AsclByolConfig]):
 
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
-        """Reject a per-worker batch too small for in-batch relations (at least 3 images when num_neighbors > 0)."""
+        """Reject a global batch too small for in-batch relations (at least 3 images when num_neighbors > 0)."""
         super().validate(config, world_size)
-        per_worker = config.train.batch_size // world_size
-        if config.method.num_neighbors > 0 and per_worker < 3:
+        if config.method.num_neighbors > 0 and config.train.batch_size < 3:
             raise ValueError(
-                f"train.batch_size = {config.train.batch_size} on {world_size} worker(s) leaves {per_worker} "
-                f"images per worker; ascl_byol's in-batch targets need at least 3"
+                f"train.batch_size = {config.train.batch_size}: ascl_byol's in-batch targets need at least 3 images"
             )
 
     def evaluation_networks(self) -> dict[str, nn.Module]:
@@ -157,27 +162,35 @@ class AsclByol(Method[AsclByolConfig]):
         return {"backbone": self.online.backbone}
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
-        """Return the soft BYOL loss of the predicted strong view against the in-batch soft targets of the keys."""
+        """Return the soft BYOL loss of the predicted strong view against the soft targets of the global batch's keys.
+
+        Predictions ``[W*B, D]`` (differentiable), keys and labels are gathered from every worker, so the
+        in-batch targets relate each key to every other key of the global batch.
+        """
         params = self.params
-        prediction = F.normalize(self.predictor(self.online(batch.views["query"])), dim=1)
+        prediction = all_gather_with_grad(
+            full_precision(F.normalize(self.predictor(self.online(batch.views["query"])), dim=1))
+        )
         with torch.no_grad():
             momentum = scheduled_momentum(params.momentum, params.momentum_schedule, step.global_step, step.total_steps)
             momentum_update(self.online, self.momentum_encoder, momentum)
-            key = F.normalize(self.momentum_encoder(batch.views["key"]), dim=1)
+            key = concat_all_gather(full_precision(F.normalize(self.momentum_encoder(batch.views["key"]), dim=1)))
+        labels = concat_all_gather(batch.labels)
+        size = labels.shape[0]
         with torch.autocast(key.device.type, enabled=False):
-            targets, confidence = in_batch_targets(key.float(), params.num_neighbors, params.sharpen_temperature)
-            loss = soft_byol(prediction.float(), key.float(), targets)
+            targets, confidence = in_batch_targets(key, params.num_neighbors, params.sharpen_temperature)
+            loss = soft_byol(prediction, key, targets)
         metrics = {
             "loss": loss,
             "soft_byol": loss.detach(),
             "confidence": confidence.mean(),
             "own_key_weight": targets.diagonal().mean(),
         }
-        if self.context.num_classes > 1 and batch.size > 1:
+        if self.context.num_classes > 1 and size > 1:
             with torch.autocast(key.device.type, enabled=False):
                 # Ranking needs no sharpening: the plain similarities to every other key of the batch.
-                relations = off_diagonal(key.float() @ key.float().T)  # [B, B-1]
-            other_labels = off_diagonal(batch.labels[None, :].expand(batch.size, -1))  # [B, B-1]
-            count = min(max(params.num_neighbors, 1), batch.size - 1)
-            metrics["neighbour_agreement"] = neighbour_agreement(relations, batch.labels, other_labels, count)
+                relations = off_diagonal(key @ key.T)  # [W*B, W*B-1]
+            other_labels = off_diagonal(labels[None, :].expand(size, -1))  # [W*B, W*B-1]
+            count = min(max(params.num_neighbors, 1), size - 1)
+            metrics["neighbour_agreement"] = neighbour_agreement(relations, labels, other_labels, count)
         return metrics

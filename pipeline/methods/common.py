@@ -10,6 +10,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.models.backbones import ResNet, build_backbone
+from pipeline.models.distributed import all_gather_with_grad, concat_all_gather
 from pipeline.models.heads import ProjectionHead
 
 
@@ -31,6 +32,20 @@ def build_encoder(model_config: ModelConfig, batch_norm: str) -> Encoder:
     backbone = build_backbone(model_config, norm="split" if batch_norm == "split" else "plain")
     hidden = model_config.proj_hidden_dim or backbone.feature_dim
     return Encoder(backbone, ProjectionHead(backbone.feature_dim, hidden, model_config.proj_dim))
+
+
+def full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """Return ``tensor`` in float32 when autocast left it in half precision, unchanged in float32 or float64."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def global_features(features: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return every worker's ``features [B, ...]`` (differentiable) and ``labels [B]`` as the global batch.
+
+    The in-batch contrast then sees the whole global batch on every worker, as the official code's
+    DataParallel does; each worker's loss is the global loss and its gradient reaches each worker's rows.
+    """
+    return all_gather_with_grad(features), None if labels is None else concat_all_gather(labels)
 
 
 def momentum_copy(online: nn.Module) -> nn.Module:

@@ -102,7 +102,13 @@ class EpochContext:
 
     def gather_by_index(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Return ``[num_train, ...]`` with every worker's ``values`` placed at their dataset ``indices``."""
-        return gather_by_index(values, indices, self.num_train)
+        gathered = gather_by_index(values, indices, self.num_train)
+        assert gathered is not None  # every rank receives without a destination
+        return gathered
+
+    def gather_to_rank0(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor | None:
+        """Return ``gather_by_index``'s ``[num_train, ...]`` on rank 0 only (None elsewhere): one copy, not W."""
+        return gather_by_index(values, indices, self.num_train, destination=0)
 
     def broadcast(self, value: Any) -> Any:
         """Return rank 0's ``value`` on every worker."""

@@ -6,8 +6,8 @@ A masked convolutional context network gives c[r, c] from rows <= r. As in the p
 the targets are z through a linear map to ``target_dim`` (64), and for each offset k from
 ``skip_steps`` + 1 to ``steps`` (only 3 by default: rows 1 and 2 below overlap the context's own
 patches) a linear map of c[r, c], scaled by ``emb_scale`` (0.1), predicts the target at (r + k, c).
-The InfoNCE loss scores each prediction against the targets of every patch of the worker's batch,
-summed over offsets. Other directions (``up``, ``right``, ``left``) orient the grid so that "ahead"
+The InfoNCE loss scores each prediction against the targets of every patch of the global batch (all
+workers' images), summed over offsets. Other directions (``up``, ``right``, ``left``) orient the grid so that "ahead"
 is downwards, each with its own context network, target map and predictors, losses averaged. The
 evaluated features are the mean patch vector over the grid.
 """
@@ -23,10 +23,12 @@ from pipeline.losses import cpc_infonce
 from pipeline.method_configs import CpcConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
+from pipeline.methods.common import full_precision
 from pipeline.methods.context import Batch, MethodContext, StepInfo
 from pipeline.methods.recipes import cpc_view
 from pipeline.models.backbones import build_backbone
 from pipeline.models.causal import CausalContext
+from pipeline.models.distributed import all_gather_with_grad
 from pipeline.models.patch_grid import PatchGridEncoder
 
 
@@ -109,10 +111,14 @@ class Cpc(Method[CpcConfig]):
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
         """Return the InfoNCE loss (summed over offsets) averaged over the directions."""
         vectors = self.encoder.patch_vectors(batch.views["grid"])
-        pairs = [self.predict(vectors, direction) for direction in self.params.directions]
+        # Targets and predictions of the global batch: every prediction is scored against every patch of it.
+        pairs = [
+            tuple(all_gather_with_grad(full_precision(part)) for part in self.predict(vectors, direction))
+            for direction in self.params.directions
+        ]
         first = self.params.skip_steps + 1
-        # Every prediction is scored against B*G*G targets: the logits and softmax run in float32.
+        # Every prediction is scored against W*B*G*G targets: the logits and softmax run in float32.
         with torch.autocast(vectors.device.type, enabled=False):
-            losses = [cpc_infonce(targets.float(), predictions.float(), first) for targets, predictions in pairs]
+            losses = [cpc_infonce(targets, predictions, first) for targets, predictions in pairs]
             loss = torch.stack(losses).mean()
         return {"loss": loss, "cpc": loss.detach()}

@@ -2,7 +2,7 @@
 
 The global vector Y is the backbone's pooled output through an MLP; the local features are one
 stage's map through 1×1 convolutions to the same width. Every position of the same image is a
-positive of Y, every position of every other image in the worker's batch a negative; the estimator
+positive of Y, every position of every other image of the global batch (all workers' images) a negative; the estimator
 is InfoNCE (default, as in the later DIM/AMDIM work) or the paper's Jensen–Shannon form. With
 ``two_view`` (in the spirit of AMDIM) the global vector of one augmented view is scored against the
 local map of the other view, both ways, and the two losses averaged.
@@ -19,9 +19,11 @@ from pipeline.losses import dim_infonce, dim_jsd, local_global_scores
 from pipeline.method_configs import DimConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
+from pipeline.methods.common import full_precision
 from pipeline.methods.context import Batch, MethodContext, StepInfo
 from pipeline.methods.recipes import ASCL_WEAK
 from pipeline.models.backbones import build_backbone, global_avg_pool
+from pipeline.models.distributed import all_gather_with_grad
 from pipeline.models.heads import ProjectionHead
 
 ESTIMATORS = {"infonce": dim_infonce, "jsd": dim_jsd}
@@ -73,13 +75,14 @@ class Dim(Method[DimConfig]):
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
         """Return the local–global loss (and, in two-view mode, averaged over both directions)."""
         estimator = ESTIMATORS[self.params.estimator]
-        encoded = [self.encode(batch.views[name]) for name in self.views(self.context.config)]
-        # [B, B, P] score tensors: softplus and log-sum-exp over thousands of entries run in float32.
+        # The global batch's vectors and maps: every worker scores all images against all images.
+        encoded = [
+            tuple(all_gather_with_grad(full_precision(part)) for part in self.encode(batch.views[name]))
+            for name in self.views(self.context.config)
+        ]
+        # [W*B, W*B, P] score tensors: softplus and log-sum-exp over thousands of entries run in float32.
         with torch.autocast(encoded[0][0].device.type, enabled=False):
             pairs = [(0, 0)] if len(encoded) == 1 else [(0, 1), (1, 0)]
-            losses = [
-                estimator(local_global_scores(encoded[glob][0].float(), encoded[local][1].float()))
-                for glob, local in pairs
-            ]
+            losses = [estimator(local_global_scores(encoded[glob][0], encoded[local][1])) for glob, local in pairs]
             loss = torch.stack(losses).mean()
         return {"loss": loss, f"dim_{self.params.estimator}": loss.detach()}

@@ -19,11 +19,12 @@ from pipeline.data.recipes import ViewRecipe
 from pipeline.losses import class_positive_count, dscl, pbsd, scl
 from pipeline.method_configs import SclConfig
 from pipeline.methods import register_method
-from pipeline.methods.common import Encoder
+from pipeline.methods.common import Encoder, full_precision
 from pipeline.methods.context import Batch, StepInfo
 from pipeline.methods.moco import MoCo
 from pipeline.methods.recipes import DSCL_KEY, MOCO_V2, pbsd_query
 from pipeline.models.backbones import global_avg_pool
+from pipeline.models.distributed import all_gather_with_grad
 
 ROI_OUTPUT = 2
 
@@ -41,11 +42,10 @@ def roi_patch_features(feature_map: torch.Tensor, boxes: torch.Tensor, total_str
     ``boxes [B, L, 4]`` are in input pixels; ``1 / total_stride`` maps them onto the feature map
     (``aligned=False``, as the official code).
     """
-    # float32 boxes: in bf16 image indices above 256 and sub-pixel corners would be rounded.
-    rois = patch_boxes_to_rois(boxes.float())
-    pooled = roi_align(
-        feature_map.float(), rois, output_size=ROI_OUTPUT, spatial_scale=1.0 / total_stride, aligned=False
-    )
+    # At least float32 boxes: in bf16 image indices above 256 and sub-pixel corners would be rounded.
+    feature_map = full_precision(feature_map)
+    rois = patch_boxes_to_rois(boxes.to(feature_map.dtype))
+    pooled = roi_align(feature_map, rois, output_size=ROI_OUTPUT, spatial_scale=1.0 / total_stride, aligned=False)
     return pooled.mean(dim=(2, 3))
 
 
@@ -83,19 +83,24 @@ class Scl(MoCo):
         query = F.normalize(online.head(global_avg_pool(feature_map)), dim=1)
         key = self.encode_keys(batch.views["key"], step)
         queue, queue_labels = self.queue.embeddings, self.queue.labels
+        all_keys, all_labels = self.stage_enqueue(key, batch.labels)
+        if params.contrast_scope == "global":
+            # Every worker computes the loss of the global batch's queries; gradients reach each worker's rows.
+            queries, keys, labels = all_gather_with_grad(full_precision(query)), all_keys, all_labels
+        else:
+            queries, keys, labels = full_precision(query), full_precision(key), batch.labels
         # The losses run in float32 outside autocast: T = 0.07 magnifies bf16's cosine error to 0.03 per logit.
         with torch.autocast(key.device.type, enabled=False):
-            contrast = self.supervised_loss(query.float(), key.float(), batch.labels, queue.float(), queue_labels)
+            contrast = self.supervised_loss(queries, keys, labels, full_precision(queue), queue_labels)
         metrics = {
             "loss": contrast,
             self.name: contrast.detach(),
-            "class_positives": class_positive_count(batch.labels, queue_labels).float().mean(),
+            "class_positives": class_positive_count(labels, queue_labels).float().mean(),
         }
         if params.pbsd.enabled:
             distillation = self.patch_distillation(feature_map, query_view, key)
             metrics["loss"] = contrast + params.pbsd.weight * distillation
             metrics["pbsd"] = distillation.detach()
-        self.stage_enqueue(key, batch.labels)
         return metrics
 
     def patch_distillation(
@@ -110,10 +115,11 @@ class Scl(MoCo):
             teacher = F.normalize(online.head(pooled), dim=1)
         student = F.normalize(online(patches.flatten(0, 1)), dim=1)  # [B*L, D]
         # Image-major [B*L, D] rows become the loss's patch-major [L, B, D].
-        teacher = teacher.view(batch, count, -1).transpose(0, 1).float()
-        student = student.view(batch, count, -1).transpose(0, 1).float()
+        teacher = full_precision(teacher.view(batch, count, -1).transpose(0, 1))
+        student = full_precision(student.view(batch, count, -1).transpose(0, 1))
         with torch.autocast(key.device.type, enabled=False):
-            return pbsd(teacher, student, key.float(), self.queue.embeddings.float(), self.params.temperature)
+            queue = full_precision(self.queue.embeddings)
+            return pbsd(teacher, student, full_precision(key), queue, self.params.temperature)
 
 
 @register_method

@@ -32,9 +32,10 @@ from pipeline.config import ExperimentConfig
 from pipeline.losses import icsc, icsc_selection_probs, pcsc, pcsc_negative_ids, pcsc_selection_probs
 from pipeline.method_configs import HcscConfig
 from pipeline.methods import register_method
-from pipeline.methods.common import build_encoder
+from pipeline.methods.common import build_encoder, full_precision
 from pipeline.methods.context import ActorSpec, Batch, EpochContext, EpochReport, MethodContext, StepInfo
 from pipeline.methods.moco import MoCo
+from pipeline.models.distributed import concat_all_gather
 
 ICSC_CLAMP = (0.0, 0.999)
 PCSC_CLAMP = (1e-4, 0.999)
@@ -164,8 +165,8 @@ class Hcsc(MoCo):
         """Start the clustering job ``key`` on the momentum encoder's current weights (or the workers' embeddings)."""
         if self.params.clustering.where == "workers":
             features, indices = context.extract_features(self.momentum_encoder)
-            embeddings = context.gather_by_index(features, indices)  # [num_train, D] on every rank
-            if context.rank == 0:
+            embeddings = context.gather_to_rank0(features, indices)  # [num_train, D] on rank 0, None elsewhere
+            if embeddings is not None:
                 ray.get(actor.submit_features.remote(key, embeddings.cpu().numpy()))
         elif context.rank == 0:
             weights = {name: value.detach().cpu() for name, value in self.momentum_encoder.state_dict().items()}
@@ -207,7 +208,8 @@ class Hcsc(MoCo):
         self.stage_enqueue(key, batch.labels)
         # Softmaxes over thousands of prototypes and queue entries run in float32 outside autocast.
         with torch.autocast(query.device.type, enabled=False):
-            return self.selective_losses(query.float(), key.float(), self.queue.embeddings.float(), batch.indices)
+            queue = full_precision(self.queue.embeddings)
+            return self.selective_losses(full_precision(query), full_precision(key), queue, batch.indices)
 
     def selective_losses(
         self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, indices: torch.Tensor
@@ -233,8 +235,11 @@ class Hcsc(MoCo):
         instance = icsc(query, key, queue, masks, params.temperature)
         level_losses: list[torch.Tensor] = []
         kept, candidates = query.new_zeros(()), 0
+        # The negative prototypes are those no image of the batch has as its positive: the global batch's
+        # clusters (gathered) unless contrast_scope is worker.
+        batch_clusters = clusters if params.contrast_scope == "worker" else [concat_all_gather(c) for c in clusters]
         for level in range(prototypes.num_levels):  # a handful of levels, never a loop over samples
-            negatives = pcsc_negative_ids(clusters[level], prototypes.centroids[level].shape[0])
+            negatives = pcsc_negative_ids(batch_clusters[level], prototypes.centroids[level].shape[0])
             mask = None
             if params.prototype_selection and level + 1 < prototypes.num_levels:
                 probabilities = pcsc_selection_probs(

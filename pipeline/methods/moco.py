@@ -14,7 +14,13 @@ from pipeline.losses import contrast_accuracy, contrast_logits, own_key_cross_en
 from pipeline.method_configs import MocoConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
-from pipeline.methods.common import build_encoder, momentum_copy, momentum_update, scheduled_momentum
+from pipeline.methods.common import (
+    build_encoder,
+    full_precision,
+    momentum_copy,
+    momentum_update,
+    scheduled_momentum,
+)
 from pipeline.methods.context import Batch, MethodContext, StepInfo
 from pipeline.methods.recipes import MOCO_V2
 from pipeline.models.distributed import concat_all_gather, shuffle_batch, unshuffle_batch
@@ -71,9 +77,10 @@ class MoCo(Method[MocoConfig]):
             return unshuffle_batch(F.normalize(self.momentum_encoder(shuffled), dim=1), unshuffle_index)
         return F.normalize(self.momentum_encoder(images), dim=1)
 
-    def stage_enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> None:
-        """Remember this step's keys (gathered from all workers) for ``on_step_end``."""
-        self._pending = (concat_all_gather(keys.detach().float()), concat_all_gather(labels))
+    def stage_enqueue(self, keys: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return this step's keys ``[W*B, D]`` and labels ``[W*B]`` from all workers, kept for ``on_step_end``."""
+        self._pending = (concat_all_gather(full_precision(keys.detach())), concat_all_gather(labels))
+        return self._pending
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
         """Return the InfoNCE loss of the query view against its key and the queue."""

@@ -19,6 +19,7 @@ from pipeline.losses import supcon
 from pipeline.method_configs import SelfConConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
+from pipeline.methods.common import global_features
 from pipeline.methods.context import Batch, MethodContext, StepInfo
 from pipeline.methods.recipes import SUPCON
 from pipeline.models.backbones import build_backbone
@@ -74,10 +75,11 @@ class SelfCon(Method[SelfConConfig]):
         return branches
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
-        """Return the SupCon loss over the branches of one or two views."""
+        """Return the SupCon loss over the branches of one or two views of the global batch ``# [W*V*B, E, D]``."""
         views = [batch.views[name] for name in sorted(batch.views)]
-        features = selfcon_features(self.network, views)
         labelled = self.params.variant in ("S", "M")
-        labels = batch.labels.repeat(len(views)) if labelled else None
+        features, labels = global_features(
+            selfcon_features(self.network, views), batch.labels.repeat(len(views)) if labelled else None
+        )
         loss = supcon(features, labels, self.params.temperature, self.params.base_temperature)
         return {"loss": loss, "selfcon": loss.detach()}

@@ -1,4 +1,8 @@
-"""SupCon (labels) and SimCLR (no labels) over two views through one encoder; SupCon-S over a single view."""
+"""SupCon (labels) and SimCLR (no labels) over two views through one encoder; SupCon-S over a single view.
+
+Every worker contrasts the whole global batch (all workers' embeddings and labels), as the official code
+under DataParallel does.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pipeline.losses import supcon
 from pipeline.method_configs import SimCLRConfig, SupConConfig, SupConSConfig
 from pipeline.methods import register_method
 from pipeline.methods.base import Method
-from pipeline.methods.common import build_encoder
+from pipeline.methods.common import build_encoder, global_features
 from pipeline.methods.context import Batch, MethodContext, StepInfo
 from pipeline.methods.recipes import SUPCON
 
@@ -38,13 +42,15 @@ class SupCon(Method[SupConConfig | SimCLRConfig | SupConSConfig]):
         return {"backbone": self.encoder.backbone}
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
-        """Return the SupCon loss over the two views ``# features [B, 2, D]``."""
+        """Return the SupCon loss over the two views of the global batch ``# features [W*B, 2, D]``."""
         views = batch.views
         embeddings = F.normalize(self.encoder(torch.cat([views["view1"], views["view2"]])), dim=1)
-        features = embeddings.view(2, batch.size, -1).transpose(0, 1)
+        features, labels = global_features(
+            embeddings.view(2, batch.size, -1).transpose(0, 1), batch.labels if self.uses_labels else None
+        )
         loss = supcon(
             features,
-            batch.labels if self.uses_labels else None,
+            labels,
             temperature=self.params.temperature,
             base_temperature=self.params.base_temperature,
         )
@@ -71,11 +77,12 @@ class SupConS(SupCon):
         return {"view1": SUPCON}
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
-        """Return SupCon over a single view ``# features [B, 1, D]``."""
-        features = F.normalize(self.encoder(batch.views["view1"]), dim=1)[:, None]
+        """Return SupCon over a single view of the global batch ``# features [W*B, 1, D]``."""
+        embeddings = F.normalize(self.encoder(batch.views["view1"]), dim=1)
+        features, labels = global_features(embeddings[:, None], batch.labels)
         loss = supcon(
             features,
-            batch.labels,
+            labels,
             self.params.temperature,
             self.params.base_temperature,
             drop_anchors_without_positives=True,

@@ -1,8 +1,12 @@
-"""kNN monitor on one worker: index placement, unlabelled bank entries, agreement with the pure kNN."""
+"""kNN monitor on one worker: index placement, unlabelled bank entries, agreement with the pure kNN; gathers on two."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -54,3 +58,24 @@ def test_monitor_matches_pure_knn_and_ignores_unlabelled_bank_entries() -> None:
     )
     expected = knn_top1(bank[10:], bank_labels[10:], queries, query_labels, 3, k=5, temperature=0.1)
     assert top1 == expected
+
+
+def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """Rank r holds rows of indices r, r+2, ... (rank 1 one row more, a padded shard); gather to rank 0 and to all."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        indices = torch.arange(rank, 7, 2)  # rank 0: 0 2 4 6, rank 1: 1 3 5
+        values = indices[:, None].float() * torch.tensor([[1.0, 10.0]])  # [n, 2]
+        to_rank0 = gather_by_index(values, indices, 7, destination=0)
+        everywhere = gather_by_index(values, indices, 7)
+        torch.save({"to_rank0": to_rank0, "everywhere": everywhere}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_to_one_rank_gives_it_every_row_and_the_others_none(tmp_path: Path) -> None:
+    mp.spawn(_gather_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=2, join=True)
+    expected = torch.arange(7.0)[:, None] * torch.tensor([[1.0, 10.0]])
+    rank0, rank1 = (torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1))
+    assert torch.equal(rank0["to_rank0"], expected) and rank1["to_rank0"] is None
+    assert torch.equal(rank0["everywhere"], expected) and torch.equal(rank1["everywhere"], expected)

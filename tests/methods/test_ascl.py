@@ -167,9 +167,12 @@ def test_ascl_byol_batch_norm_and_batch_checks() -> None:
     assert byol.batch_norm(with_overrides(config, {"ray.gpus_per_worker": 1}), 4) == "sync"
     with pytest.raises(ValueError, match="does not shuffle keys"):
         byol.batch_norm(load_config(None, ["method.name=ascl_byol", "model.batch_norm=shuffle"]), 2)
-    with pytest.raises(ValueError, match="train.batch_size = 4 on 2 worker"):
-        byol.validate(config, 2)
-    byol.validate(load_config(None, ["method.name=ascl_byol", "train.batch_size=4", "method.num_neighbors=0"]), 2)
+    # The in-batch targets relate keys of the global batch: 4 images on 2 workers are enough, 2 are not.
+    byol.validate(config, 2)
+    small = with_overrides(config, {"train.batch_size": 2})
+    with pytest.raises(ValueError, match="train.batch_size = 2: ascl_byol's in-batch targets need at least 3 images"):
+        byol.validate(small, 1)
+    byol.validate(with_overrides(small, {"method.num_neighbors": 0}), 2)
 
 
 @pytest.mark.parametrize(
