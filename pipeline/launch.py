@@ -42,7 +42,7 @@ from pipeline.evaluate import evaluate_and_record
 from pipeline.evaluation.knn import pixel_knn_top1
 from pipeline.methods import Method, get_method
 from pipeline.progress import ProgressRelay
-from pipeline.resources import RunResources, required_resources
+from pipeline.resources import RunResources, actor_name, required_resources
 from pipeline.train import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,36 @@ class RunInterrupted(Exception):
         super().__init__(f"run '{run_name}' interrupted with {epochs_done}/{epochs} epochs saved in {run_dir}")
         self.run_name, self.run_dir, self.mlflow_run_id = run_name, run_dir, mlflow_run_id
         self.epochs_done, self.epochs = epochs_done, epochs
+
+
+class RunActorDied(RuntimeError):
+    """A run-scoped actor died in training; the MLflow run is FAILED and resumes from its last checkpoint."""
+
+    def __init__(self, key: str, ray_name: str, epoch: int, epochs: int, saved: Path | None) -> None:
+        where = f"{saved.name} in {saved.parent}" if saved is not None else "the start (no checkpoint yet)"
+        super().__init__(
+            f"the run's {key} actor (Ray actor '{ray_name}') died during epoch {epoch}/{epochs}; "
+            f"running the same command again resumes from {where}"
+        )
+
+
+# How long a live actor may take to answer the liveness ping after a failed fit (a busy one answers between jobs).
+ACTOR_PING_S = 10.0
+
+
+def dead_actors(handles: dict[str, Any]) -> list[str]:
+    """Return the keys of the run-scoped actors that are dead (a ping raises RayActorError); busy ones count alive."""
+    import ray
+
+    dead = []
+    for key, handle in handles.items():
+        try:
+            ray.get(handle.__ray_ready__.remote(), timeout=ACTOR_PING_S)
+        except ray.exceptions.RayActorError:
+            dead.append(key)
+        except ray.exceptions.GetTimeoutError:
+            continue
+    return dead
 
 
 @dataclass
@@ -208,6 +238,8 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
             raise RunInterrupted(
                 run_name, run_dir, checkpoint_epoch(saved) if saved else 0, config.train.epochs, run.run_id
             ) from None
+        if isinstance(exc, RunActorDied):
+            tracking.set_tags(run, {"error": str(exc)})
         # A scheduler that stops a trial tears down its training workers, and the error that follows is no failure.
         tracking.finish_run(run, "KILLED" if tracking.stopped_by_scheduler(run) else "FAILED")
         raise
@@ -256,6 +288,15 @@ def _fit(
                 "progress": relay.queue,
                 "resume_from": str(resume_from) if resume_from is not None else None,
             }
-            fit(make_trainer(train_loop_per_worker, loop_config, config.ray, run_name, storage, checkpoints_kept=2))
+            try:
+                fit(make_trainer(train_loop_per_worker, loop_config, config.ray, run_name, storage, checkpoints_kept=2))
+            except Exception:
+                # Workers see a dead actor as a long remote traceback; the driver names the actor instead.
+                dead = dead_actors(handles)
+                if not dead or INTERRUPTED.is_set():
+                    raise
+                saved = latest_checkpoint(run_dir)
+                epoch = (checkpoint_epoch(saved) if saved is not None else 0) + 1
+                raise RunActorDied(dead[0], actor_name(run_name, dead[0]), epoch, config.train.epochs, saved) from None
     finally:
         relay.close()

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only now: torch, Ray and MLflow take seconds to load, and a config error must not wait for them.
     from pipeline.cluster import INTERRUPTED, ResourceError
     from pipeline.data.errors import DataError
-    from pipeline.launch import RunInterrupted, pretrain
+    from pipeline.launch import RunActorDied, RunInterrupted, pretrain
     from pipeline.tracking import TrackingError
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ResourceError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunActorDied as died:
+        print(f"error: {died}: {resume}", file=sys.stderr)
+        return 1
     except RunInterrupted as stopped:
         print(f"\ninterrupted: {stopped} (MLflow run {stopped.mlflow_run_id} marked KILLED)", file=sys.stderr)
         print(f"resume with: {resume}", file=sys.stderr)
