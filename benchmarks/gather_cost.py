@@ -5,8 +5,9 @@ on its half of the global batch, as the Ray training loop does. "global" is the 
 every in-batch contrast gathers the embeddings it compares from both workers. "per worker" is the old
 behaviour each worker's loss had before the gathers existed: ``contrast_scope: worker`` where the method
 has that switch (SCL, DSCL, HCSC), elsewhere the method module's gather functions replaced by the
-identity for the measurement. The figures are medians over ``--repeats`` interleaved timings of
-``--steps`` steps; the ratio is per-worker step time over global step time.
+identity for the measurement (and CPC's predictions scored from image 0 of the local targets). The
+figures are medians over ``--repeats`` interleaved timings of ``--steps`` steps; the gather cost is the
+global step time over the per-worker one.
 Example: ``python benchmarks/gather_cost.py --methods supcon simclr dscl --batch-size 128 --width 16``.
 """
 
@@ -28,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from train_step import method_inputs
 
 from pipeline.config import load_config, with_overrides
+from pipeline.losses import cpc_infonce
 from pipeline.methods import Batch, MethodContext, StepInfo, get_method
 from pipeline.optim import build_optimizer
 from pipeline.step import train_step
@@ -46,6 +48,11 @@ GATHER_SITES = {
 def identity(tensor: torch.Tensor) -> torch.Tensor:
     """Return ``tensor`` unchanged (the per-worker stand-in for a gather)."""
     return tensor
+
+
+def local_cpc_infonce(targets: torch.Tensor, predictions: torch.Tensor, first_step: int, first_image: int) -> Any:
+    """Return CPC's loss of the local predictions against the local targets (the per-worker stand-in)."""
+    return cpc_infonce(targets, predictions, first_step)
 
 
 def local_share(batch: Batch, rank: int, world: int) -> Batch:
@@ -88,6 +95,7 @@ def time_steps(name: str, scope: str, rank: int, world: int, args: argparse.Name
             for module, names in GATHER_SITES.items():
                 for attribute in names:
                     stack.enter_context(mock.patch(f"{module}.{attribute}", identity))
+            stack.enter_context(mock.patch("pipeline.methods.cpc.cpc_infonce", local_cpc_infonce))
 
         def step(index: int) -> None:
             train_step(model, method, optimizer, scaler, batch, StepInfo(0, index, args.steps), 0.01, None)

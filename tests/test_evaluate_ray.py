@@ -111,7 +111,8 @@ def test_selfcon_run_reports_backbone_sub_network_and_ensemble(tmp_path: Path, m
         **{
             "method.name": "selfcon",
             "method.variant": "M",
-            "ray.num_workers": 1,
+            # Two workers: the SupCon family's gathered contrast runs end to end under Ray Train's DDP.
+            "ray.num_workers": 2,
             "eval.linear.enabled": True,
             "eval.linear.epochs": 5,
         },

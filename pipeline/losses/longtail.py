@@ -20,12 +20,13 @@ def _labelled_contrast(
     labels: torch.Tensor,
     queue_labels: torch.Tensor,
     temperature: float,
+    anchors: tuple[int, int] | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return each query's log-probability of its own key ``[B]``, of every entry ``[B, 2B+K]`` and the class mask.
+    """Return each anchor's log-probability of its own key ``[A]``, of every entry ``[A, 2B+K]`` and the class mask.
 
-    Entries are ``[queries, keys, queue]``; the softmax runs over every entry but the query itself.
-    The class mask marks the other entries with the query's label (its own key and itself excluded,
-    unknown labels never match).
+    Entries are ``[queries, keys, queue]``; the anchors are the queries in rows ``anchors = (start, stop)``
+    (all B by default); the softmax runs over every entry but the anchor itself. The class mask marks the
+    other entries with the anchor's label (its own key and itself excluded, unknown labels never match).
     """
     if q.dim() != 2 or k.shape != q.shape:
         raise ValueError(f"expected q and k of equal shape [B, D], got q {tuple(q.shape)} k {tuple(k.shape)}")
@@ -37,16 +38,21 @@ def _labelled_contrast(
             f"expected labels [{batch}] and queue_labels [{queue.shape[0]}], "
             f"got {tuple(labels.shape)} and {tuple(queue_labels.shape)}"
         )
+    start, stop = (0, batch) if anchors is None else anchors
+    if not 0 <= start < stop <= batch:
+        raise ValueError(f"anchors must be rows (start, stop) with 0 <= start < stop <= {batch}, got {anchors}")
     entries = torch.cat([q, k, queue])  # [2B+K, D]; q stays attached: it is also a contrast entry
     entry_labels = torch.cat([labels, labels, queue_labels])  # [2B+K]
-    rows = torch.arange(batch, device=q.device)
-    logits = (q @ entries.T) / temperature  # [B, 2B+K]
-    logits = logits.index_put((rows, rows), logits.new_tensor(float("-inf")))
+    anchor_labels = labels[start:stop]  # [A]
+    local = torch.arange(stop - start, device=q.device)
+    rows = local + start  # the anchors' own rows among the entries
+    logits = (q[start:stop] @ entries.T) / temperature  # [A, 2B+K]
+    logits = logits.index_put((local, rows), logits.new_tensor(float("-inf")))
     log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    own_key = log_prob[rows, rows + batch]  # [B]
-    same = (labels[:, None] == entry_labels[None, :]) & (labels[:, None] >= 0)  # [B, 2B+K]
-    same[rows, rows] = False
-    same[rows, rows + batch] = False
+    own_key = log_prob[local, rows + batch]  # [A]
+    same = (anchor_labels[:, None] == entry_labels[None, :]) & (anchor_labels[:, None] >= 0)  # [A, 2B+K]
+    same[local, rows] = False
+    same[local, rows + batch] = False
     return own_key, log_prob, same
 
 
@@ -70,23 +76,27 @@ def dscl(
     queue_labels: torch.Tensor,
     alpha: float | torch.Tensor,
     temperature: float = 0.07,
+    anchors: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Return the mean decoupled supervised contrastive loss of the queries ``q [B, D]``.
 
     Entries are the other queries, all keys ``k [B, D]`` and the ``queue [K, D]`` (labels
     ``queue_labels [K]``). The own key weighs ``alpha`` and the ``|P|`` other same-label entries share
     ``1 − alpha`` equally; with no such entry the own key weighs 1. ``alpha`` is a float in [0, 1] or a
-    per-query tensor ``[B]``. The official code's β is ``alpha = 1 / (1 + β)`` (β = 8: alpha = 1/9).
+    per-anchor tensor ``[A]``. The official code's β is ``alpha = 1 / (1 + β)`` (β = 8: alpha = 1/9).
+    ``anchors = (start, stop)`` restricts the anchors to those rows of ``q`` (a worker's share of a
+    gathered global batch; the entries stay the whole batch); by default every query is an anchor.
     """
+    count = q.shape[0] if anchors is None else anchors[1] - anchors[0]
     if isinstance(alpha, torch.Tensor):
-        if alpha.shape != (q.shape[0],):
-            raise ValueError(f"a per-query alpha must have shape [{q.shape[0]}], got {tuple(alpha.shape)}")
+        if alpha.shape != (count,):
+            raise ValueError(f"a per-anchor alpha must have shape [{count}], got {tuple(alpha.shape)}")
         weight = alpha.to(q.device)
     else:
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-        weight = torch.full((q.shape[0],), float(alpha), dtype=q.dtype, device=q.device)
-    own_key, log_prob, same = _labelled_contrast(q, k, queue, labels, queue_labels, temperature)
+        weight = torch.full((count,), float(alpha), dtype=q.dtype, device=q.device)
+    own_key, log_prob, same = _labelled_contrast(q, k, queue, labels, queue_labels, temperature, anchors)
     return _weighted_loss(own_key, log_prob, same, weight)
 
 
@@ -97,13 +107,14 @@ def scl(
     labels: torch.Tensor,
     queue_labels: torch.Tensor,
     temperature: float = 0.07,
+    anchors: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Return the mean supervised contrastive loss with a queue (DSCL's SCL baseline): every positive weighs equally.
 
     The own key and the ``|P|`` other same-label entries each weigh ``1 / (|P| + 1)``: ``dscl`` with a
-    per-query ``alpha = 1 / (|P| + 1)``.
+    per-query ``alpha = 1 / (|P| + 1)``. ``anchors`` as in ``dscl``.
     """
-    own_key, log_prob, same = _labelled_contrast(q, k, queue, labels, queue_labels, temperature)
+    own_key, log_prob, same = _labelled_contrast(q, k, queue, labels, queue_labels, temperature, anchors)
     uniform = 1.0 / (same.sum(dim=1).to(log_prob.dtype) + 1.0)
     return _weighted_loss(own_key, log_prob, same, uniform)
 

@@ -7,22 +7,28 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def cpc_infonce(targets: Tensor, predictions: Tensor, first_step: int = 1) -> Tensor:
+def cpc_infonce(targets: Tensor, predictions: Tensor, first_step: int = 1, first_image: int = 0) -> Tensor:
     """Return CPC's InfoNCE: the sum over offsets k of the mean cross-entropy of predicting the patch k rows below.
 
-    ``targets`` [B, G, G, D] are the target vectors of every patch (row, column); ``predictions``
-    [B, G, G, K, D] hold at ``[b, r, c, j]`` the prediction of targets[b, r + k, c] for the offset
+    ``targets`` [N, G, G, D] are the target vectors of every patch (row, column) of N images;
+    ``predictions`` [B, G, G, K, D] (B <= N) belong to images ``first_image`` .. ``first_image + B - 1``
+    of them and hold at ``[b, r, c, j]`` the prediction of their patch k rows below, for the offset
     k = ``first_step`` + j (rows r >= G - k have no target and are left out). Each prediction is scored
-    by dot product against the targets of every patch of the batch, at every position of every image;
-    the true one is the positive.
+    by dot product against the targets of every patch of all N images; the true one is the positive.
+    A worker passes the global batch's targets and its own images' predictions (``first_image`` = its
+    first row in the global batch).
     """
     batch, rows, cols, steps, dim = predictions.shape
-    if targets.shape != (batch, rows, cols, dim):
-        raise ValueError(f"targets {tuple(targets.shape)} do not match predictions {tuple(predictions.shape)}")
+    if targets.shape[1:] != (rows, cols, dim) or not 0 <= first_image <= targets.shape[0] - batch:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} do not match predictions {tuple(predictions.shape)} "
+            f"from image {first_image}"
+        )
     if first_step < 1 or not first_step + steps - 1 < rows:
         raise ValueError(f"need 1 <= first_step and first_step + steps - 1 < rows, got {first_step}, {steps}, {rows}")
     candidates = targets.reshape(-1, dim)
-    positions = torch.arange(batch * rows * cols, device=targets.device).view(batch, rows, cols)
+    positions = torch.arange(targets.shape[0] * rows * cols, device=targets.device).view(-1, rows, cols)
+    positions = positions[first_image : first_image + batch]
     losses = []
     for j in range(steps):
         k = first_step + j

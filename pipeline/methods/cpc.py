@@ -111,14 +111,15 @@ class Cpc(Method[CpcConfig]):
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, Tensor]:
         """Return the InfoNCE loss (summed over offsets) averaged over the directions."""
         vectors = self.encoder.patch_vectors(batch.views["grid"])
-        # Targets and predictions of the global batch: every prediction is scored against every patch of it.
-        pairs = [
-            tuple(all_gather_with_grad(full_precision(part)) for part in self.predict(vectors, direction))
-            for direction in self.params.directions
-        ]
-        first = self.params.skip_steps + 1
+        # This worker's predictions are scored against the targets of every patch of the global batch (gathered
+        # with gradient); the mean over workers is the loss of one worker holding the whole batch.
+        pairs = [self.predict(vectors, direction) for direction in self.params.directions]
+        first, first_image = self.params.skip_steps + 1, self.context.rank * vectors.shape[0]
         # Every prediction is scored against W*B*G*G targets: the logits and softmax run in float32.
         with torch.autocast(vectors.device.type, enabled=False):
-            losses = [cpc_infonce(targets, predictions, first) for targets, predictions in pairs]
+            losses = [
+                cpc_infonce(all_gather_with_grad(full_precision(target)), full_precision(guess), first, first_image)
+                for target, guess in pairs
+            ]
             loss = torch.stack(losses).mean()
         return {"loss": loss, "cpc": loss.detach()}

@@ -68,10 +68,16 @@ class Scl(MoCo):
         return {"query": query, "key": DSCL_KEY}
 
     def supervised_loss(
-        self, q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, queue: torch.Tensor, queue_labels: torch.Tensor
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        labels: torch.Tensor,
+        queue: torch.Tensor,
+        queue_labels: torch.Tensor,
+        anchors: tuple[int, int] | None,
     ) -> torch.Tensor:
-        """Return SCL's loss (every positive weighs 1 / (|P| + 1))."""
-        return scl(q, k, queue, labels, queue_labels, self.params.temperature)
+        """Return SCL's loss (every positive weighs 1 / (|P| + 1)) of the anchors among ``q``'s rows."""
+        return scl(q, k, queue, labels, queue_labels, self.params.temperature, anchors)
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
         """Return the supervised contrastive loss (plus λ · PBSD) and the mean number of class positives."""
@@ -85,13 +91,15 @@ class Scl(MoCo):
         queue, queue_labels = self.queue.embeddings, self.queue.labels
         all_keys, all_labels = self.stage_enqueue(key, batch.labels)
         if params.contrast_scope == "global":
-            # Every worker computes the loss of the global batch's queries; gradients reach each worker's rows.
+            # This worker's queries are the anchors; every query and key of the global batch is an entry (gathered
+            # with gradient), so the mean over workers is the loss of one worker holding the whole batch.
             queries, keys, labels = all_gather_with_grad(full_precision(query)), all_keys, all_labels
+            anchors: tuple[int, int] | None = (self.context.rank * batch.size, (self.context.rank + 1) * batch.size)
         else:
-            queries, keys, labels = full_precision(query), full_precision(key), batch.labels
+            queries, keys, labels, anchors = full_precision(query), full_precision(key), batch.labels, None
         # The losses run in float32 outside autocast: T = 0.07 magnifies bf16's cosine error to 0.03 per logit.
         with torch.autocast(key.device.type, enabled=False):
-            contrast = self.supervised_loss(queries, keys, labels, full_precision(queue), queue_labels)
+            contrast = self.supervised_loss(queries, keys, labels, full_precision(queue), queue_labels, anchors)
         metrics = {
             "loss": contrast,
             self.name: contrast.detach(),
@@ -129,7 +137,13 @@ class Dscl(Scl):
     name = "dscl"
 
     def supervised_loss(
-        self, q: torch.Tensor, k: torch.Tensor, labels: torch.Tensor, queue: torch.Tensor, queue_labels: torch.Tensor
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        labels: torch.Tensor,
+        queue: torch.Tensor,
+        queue_labels: torch.Tensor,
+        anchors: tuple[int, int] | None,
     ) -> torch.Tensor:
-        """Return DSCL's decoupled loss with this run's alpha."""
-        return dscl(q, k, queue, labels, queue_labels, self.params.alpha, self.params.temperature)
+        """Return DSCL's decoupled loss with this run's alpha, of the anchors among ``q``'s rows."""
+        return dscl(q, k, queue, labels, queue_labels, self.params.alpha, self.params.temperature, anchors)

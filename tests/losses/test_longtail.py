@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -124,3 +125,23 @@ def test_pbsd_of_a_student_equal_to_its_teacher_is_the_teacher_entropy() -> None
     logits = contrast_logits(features.reshape(6, 6), k.repeat(2, 1), queue, 0.07)
     entropy = -(logits.softmax(dim=1) * logits.log_softmax(dim=1)).sum(dim=1).mean()
     torch.testing.assert_close(pbsd(features, features.clone(), k, queue, 0.07), entropy)
+
+
+@pytest.mark.parametrize("loss", ["dscl", "scl"])
+def test_anchor_shares_average_to_the_whole_batch_loss_and_gradient(loss: str) -> None:
+    # Two workers' anchor rows (0-2 and 2-4 of a 4-query batch) against the whole batch's entries: their mean
+    # is the loss, and the sum of their gradients the gradient, of every query as an anchor.
+    q, k, queue = unit(4, 6, seed=0), unit(4, 6, seed=1), unit(7, 6, seed=2)
+    labels = LABELS[:4]
+    function = functools.partial(dscl, alpha=1 / 9) if loss == "dscl" else scl
+    whole_q, split_q = q.clone().requires_grad_(), q.clone().requires_grad_()
+    whole = function(whole_q, k, queue, labels, QUEUE_LABELS)
+    shares = [function(split_q, k, queue, labels, QUEUE_LABELS, anchors=rows) for rows in ((0, 2), (2, 4))]
+    split = torch.stack(shares).mean()
+    torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-12)
+    whole.backward()
+    split.backward()
+    torch.testing.assert_close(split_q.grad, whole_q.grad, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(shares[0], shares[1])
+    with pytest.raises(ValueError, match="anchors must be rows"):
+        function(q, k, queue, labels, QUEUE_LABELS, anchors=(2, 5))

@@ -87,3 +87,12 @@ def test_bad_shapes_are_refused() -> None:
         cpc_infonce(vectors, too_far)
     with pytest.raises(ValueError, match=r"first_step \+ steps - 1 < rows"):
         cpc_infonce(vectors, predictions, first_step=3)
+
+
+def test_each_workers_predictions_against_the_whole_batch_average_to_the_loss() -> None:
+    vectors, predictions = random_grid(batch=4, grid=4)
+    whole = cpc_infonce(vectors, predictions)
+    shares = [cpc_infonce(vectors, predictions[first : first + 2], first_image=first) for first in (0, 2)]
+    torch.testing.assert_close(torch.stack(shares).mean(), whole, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="from image 3"):
+        cpc_infonce(vectors, predictions[:2], first_image=3)
