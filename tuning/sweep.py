@@ -69,6 +69,15 @@ class SweepOutcome:
         return "FAILED" if self.failed else "FINISHED"
 
     @property
+    def reason(self) -> str | None:
+        """Return why the sweep did not finish (the parent run's ``error`` tag), None if it did."""
+        if self.unfinished:
+            return f"interrupted with {len(self.unfinished)} trial(s) unfinished: {', '.join(self.unfinished)}"
+        if self.failed:
+            return f"{len(self.failed)} trial(s) failed: {', '.join(name for name, _ in self.failed)}"
+        return None
+
+    @property
     def exit_code(self) -> int:
         """Return the command's exit code: 130 if interrupted, 1 if a trial failed, else 0."""
         return {"KILLED": 130, "FAILED": 1, "FINISHED": 0}[self.status]
@@ -324,6 +333,16 @@ def end_interrupted(config: ExperimentConfig) -> bool:
     return True
 
 
+def end_parent(plan: SweepPlan, status: str, reason: str | None) -> None:
+    """End the sweep's parent run with ``status``: the ``error`` tag says why it did not finish (dropped if it did)."""
+    client = tracking.mlflow_client(plan.tracking_uri)
+    if reason is not None:
+        client.set_tag(plan.parent_run_id, ERROR_TAG, reason)
+    elif ERROR_TAG in client.get_run(plan.parent_run_id).data.tags:
+        client.delete_tag(plan.parent_run_id, ERROR_TAG)
+    client.set_terminated(plan.parent_run_id, status=status)
+
+
 def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]:
     """Run (or resume) the sweep until it ends or is interrupted; return its plan and how it ended."""
     from ray import tune
@@ -368,7 +387,16 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
     )
     # On SIGINT Tune saves its state and fit() returns: a trial that neither finished, failed nor was stopped
     # by the scheduler is unfinished.
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    except BaseException as exc:
+        # The parent run exists by now: however Tune itself ends, it must not stay RUNNING.
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        end_parent(
+            plan, "KILLED" if interrupted else "FAILED", f"{'interrupted' if interrupted else 'Tune failed'}: {detail}"
+        )
+        raise
     failed, finished, stopped = [], set(), []
     for result in results:
         name = result.config["config"]["ray"]["run_name"] if result.config else "?"
@@ -417,11 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trial {name} failed: {error}")
     for name in outcome.stopped:
         print(f"trial {name} stopped early by ASHA")
+    # Ended before the report is written: a report that fails must not leave the parent RUNNING.
+    end_parent(plan, outcome.status, outcome.reason)
     report = write_report(plan.tracking_uri, plan.parent_run_id)
     print(report.markdown)
     print(f"report files in {report.folder} (also artifacts of MLflow run {plan.parent_run_id})")
-
-    tracking.mlflow_client(plan.tracking_uri).set_terminated(plan.parent_run_id, status=outcome.status)
     if outcome.unfinished:
         print(
             f"interrupted: {len(outcome.unfinished)} of {len(grid.trials)} trials unfinished "

@@ -62,3 +62,21 @@ def test_report_on_a_mistyped_store_is_one_line_and_creates_nothing(
     assert capsys.readouterr().err.splitlines() == [
         f"error: no sweep named or with parent run id 'anything' in {mlflow_uri}"
     ]
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_sweep_whose_tuner_crashes_ends_its_parent_failed_with_the_reason(
+    tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ray import tune
+
+    def crash(self: object) -> None:
+        raise RuntimeError("Tune's experiment state could not be written\nOSError: disk full")
+
+    monkeypatch.setattr(tune.Tuner, "fit", crash)
+    grid = load_grid(write_grid(tmp_path, **{"ray.storage_path": str(tmp_path / "runs"), "tracking.uri": mlflow_uri}))
+    with pytest.raises(RuntimeError, match="disk full"):
+        sweep.run_sweep(grid, max_concurrent=1)
+    parent = report.find_parent(mlflow_uri, "checks")
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags[sweep.ERROR_TAG] == "Tune failed: OSError: disk full"

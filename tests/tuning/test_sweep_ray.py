@@ -91,7 +91,9 @@ def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     assert "interrupted: 1 of 3 trials unfinished (tiny_sweep-002); run the same command again" in printed
     client = MlflowClient(mlflow_uri)
     parent = report.find_parent(mlflow_uri, "tiny_sweep")
-    assert client.get_run(parent.info.run_id).info.status == "KILLED"
+    killed = client.get_run(parent.info.run_id)
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["error"] == "interrupted with 1 trial(s) unfinished: tiny_sweep-002"
     by_trial = children(client, parent)
     finished, failed = by_trial["tiny_sweep-000"], by_trial["tiny_sweep-001"]
     assert finished.info.status == "FINISHED" and failed.info.status == "FAILED"
@@ -111,7 +113,8 @@ def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     assert resumed.info.run_id == by_trial["tiny_sweep-002"].info.run_id and resumed.info.status == "FINISHED"
     for trial in ("tiny_sweep-000", "tiny_sweep-002"):
         assert [m.step for m in client.get_metric_history(again[trial].info.run_id, "knn/top1")] == [0, 1], trial
-    assert client.get_run(parent.info.run_id).info.status == "FAILED"
+    ended = client.get_run(parent.info.run_id)
+    assert ended.info.status == "FAILED" and ended.data.tags["error"] == "1 trial(s) failed: tiny_sweep-001"
 
     written = report.write_report(mlflow_uri, parent.info.run_id, tmp_path / "report")
     header = "| data.root | data.source | method.temperature | knn/top1 | seeds done | failed |"
