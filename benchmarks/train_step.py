@@ -3,7 +3,12 @@
 One process, no data loading in the timed part: each method's inputs are made once by running its
 own declared views on random images, so a new method is benchmarked without editing this file.
 Every step is ``pipeline.step.train_step``, the function the Ray training loop calls. ResNet-18 at
-32 px, batch 256 by default, with the CIFAR stem and the standard stem. Needs torch only (no Ray).
+32 px, batch 256 by default, with the CIFAR stem and the standard stem. Needs torch and the project's
+light dependencies (numpy, Pillow, pydantic, PyYAML), not Ray, MLflow or FAISS: it runs on a bare GPU
+node (``tests/test_step_benchmark.py`` checks it with those three unimportable). Each line also gives the
+step's FLOPs per image (matmuls and convolutions of forward and backward, counted by
+``torch.utils.flop_counter``), the TFLOP/s achieved and, on a known GPU (or with ``--peak-tflops``), the
+model-FLOP utilisation against its dense bf16 peak.
 Each measurement runs in a fresh process, so its memory figure is its own: the process's peak RSS
 growth on CPU, the peak allocated CUDA memory on a GPU. On CUDA, ``--amp bf16 --channels-last``
 measure the fast path. ``--queue-sizes`` measures queue-based methods at each length and
@@ -31,6 +36,7 @@ import PIL.Image
 import torch
 import yaml
 from torch.utils.data import default_collate
+from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import ExperimentConfig, load_config, with_overrides
 from pipeline.method_configs import method_config_class
@@ -39,6 +45,28 @@ from pipeline.optim import build_optimizer
 from pipeline.step import autocast_dtype, batch_to_device, train_step
 
 NUM_CLASSES = 10
+# Dense bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, matched against the device name in
+# order (the PCIe H100 before the SXM one); --peak-tflops overrides them.
+BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("H200", 989.4),
+    ("A100", 312.0),
+    ("L40S", 362.1),
+    ("A6000", 154.8),
+    ("A10", 125.0),
+    ("L4", 121.0),
+)
+
+
+def bf16_peak_tflops(device: torch.device, override: float | None) -> float | None:
+    """Return the device's dense bf16 peak in TFLOP/s: ``override``, else the data-sheet figure, else None."""
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in name), None)
 
 
 def method_inputs(method_class: type[Method], config: ExperimentConfig, device: torch.device) -> Batch:
@@ -76,8 +104,13 @@ def parse_method(spec: str) -> tuple[str, dict[str, object]]:
 
 def measure(
     method_name: str, cifar_stem: bool, queue_size: int | None, args: argparse.Namespace
-) -> tuple[float, float]:
-    """Return images/s of ``args.steps`` timed steps after ``args.warmup`` untimed ones, and peak memory in MiB."""
+) -> tuple[float, float, float]:
+    """Return images/s of ``args.steps`` timed steps after ``args.warmup`` untimed ones, peak memory in MiB and FLOPs.
+
+    The FLOPs are those of one whole step (forward and backward), counted once before the timed steps
+    by ``torch.utils.flop_counter.FlopCounterMode``: matrix multiplications and convolutions, the
+    convention model-FLOP utilisation uses (element-wise work and the optimiser are not counted).
+    """
     device = torch.device(args.device)
     rss_before = current_rss_mb()
     if device.type == "cuda":
@@ -109,7 +142,10 @@ def measure(
     def step(index: int) -> None:
         train_step(method, method, optimizer, scaler, batch, StepInfo(0, index, total), config.optim.lr, dtype)
 
-    for index in range(args.warmup):
+    with FlopCounterMode(display=False) as counter:
+        step(0)
+    flops = float(counter.get_total_flops())
+    for index in range(1, args.warmup):
         step(index)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -121,7 +157,7 @@ def measure(
         memory = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
-    return args.steps * args.batch_size / (time.perf_counter() - started), memory
+    return args.steps * args.batch_size / (time.perf_counter() - started), memory, flops
 
 
 def queue_sizes(method_name: str, args: argparse.Namespace) -> list[int | None]:
@@ -138,7 +174,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps (at least 1: the first counts FLOPs)")
     parser.add_argument("--stems", choices=["both", "cifar", "standard"], default="both")
     parser.add_argument("--queue-sizes", nargs="+", type=int, default=None, help="for methods with a queue")
     parser.add_argument(
@@ -148,8 +184,12 @@ def main() -> None:
     parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for model-FLOP utilisation")
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1: the first untimed step is the one whose FLOPs are counted")
     device = torch.device(args.device)
+    peak = bf16_peak_tflops(device, args.peak_tflops)
     memory_kind = "peak CUDA allocated" if device.type == "cuda" else "peak RSS growth"
     print(
         f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else torch.get_num_threads()} "
@@ -163,20 +203,26 @@ def main() -> None:
         for cifar_stem in stems
         for queue_size in queue_sizes(method_name, args)
     ]
-    measured: dict[tuple[str, bool, int | None], list[tuple[float, float]]] = defaultdict(list)
+    measured: dict[tuple[str, bool, int | None], list[tuple[float, float, float]]] = defaultdict(list)
     spawn = multiprocessing.get_context("spawn")
     # Interleaving the repeats spreads slow drifts of the machine (thermal, other load) over every case alike.
     for _ in range(args.repeats):
         for case in cases:
             with spawn.Pool(1) as pool:
                 measured[case].append(pool.apply(measure, (*case, args)))
-    rates = {case: statistics.median(rate for rate, _ in values) for case, values in measured.items()}
+    rates = {case: statistics.median(rate for rate, _, _ in values) for case, values in measured.items()}
     for case in cases:
         method_name, cifar_stem, queue_size = case
         stem = "cifar stem   " if cifar_stem else "standard stem"
         queue = f"queue {queue_size:6d}" if queue_size is not None else " " * 12
-        memory = max(memory for _, memory in measured[case])
-        print(f"{method_name:24s} {stem} {queue}  {rates[case]:8.1f} images/s  {memory:8.0f} MiB {memory_kind}")
+        memory = max(memory for _, memory, _ in measured[case])
+        step_flops = measured[case][0][2]
+        achieved = step_flops / args.batch_size * rates[case] / 1e12  # TFLOP/s
+        utilisation = f"  MFU {100 * achieved / peak:5.1f}% of {peak:.0f}" if peak else ""
+        print(
+            f"{method_name:24s} {stem} {queue}  {rates[case]:8.1f} images/s  {memory:8.0f} MiB {memory_kind}  "
+            f"{step_flops / args.batch_size / 1e9:6.2f} GFLOP/img  {achieved:7.3f} TFLOP/s{utilisation}"
+        )
     for reference in args.baseline:
         for method_name, cifar_stem, queue_size in cases:
             baseline = (reference, cifar_stem, queue_size)

@@ -20,14 +20,11 @@ import functools
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
 import torch
 import torch.nn.functional as F
 
-from pipeline.clustering.actor import ClusteringActor, ClusteringResult
-from pipeline.clustering.hierarchy import Hierarchy, hierarchy_sizes
 from pipeline.config import ExperimentConfig
 from pipeline.losses import icsc, icsc_selection_probs, pcsc, pcsc_negative_ids, pcsc_selection_probs
 from pipeline.method_configs import HcscConfig
@@ -36,6 +33,12 @@ from pipeline.methods.common import build_encoder, full_precision
 from pipeline.methods.context import ActorSpec, Batch, EpochContext, EpochReport, MethodContext, StepInfo
 from pipeline.methods.moco import MoCo
 from pipeline.models.distributed import concat_all_gather
+
+# Ray and FAISS (through the clustering modules) are imported where they are used, so the method registry
+# loads on a machine that has torch alone (the step benchmark on a bare GPU node).
+if TYPE_CHECKING:
+    from pipeline.clustering.actor import ClusteringResult
+    from pipeline.clustering.hierarchy import Hierarchy
 
 ICSC_CLAMP = (0.0, 0.999)
 PCSC_CLAMP = (1e-4, 0.999)
@@ -106,6 +109,8 @@ class Hcsc(MoCo):
     @classmethod
     def validate_data(cls, config: ExperimentConfig, num_train: int) -> None:
         """Reject a hierarchy the training set cannot fill (``method.hierarchy_scale: auto`` shrinks it on request)."""
+        from pipeline.clustering.hierarchy import hierarchy_sizes
+
         params = config.method
         try:
             sizes = hierarchy_sizes(params.hierarchy, num_train, params.hierarchy_scale)
@@ -120,6 +125,8 @@ class Hcsc(MoCo):
     @classmethod
     def resources(cls, config: ExperimentConfig) -> dict[str, ActorSpec]:
         """Return the clustering actor: it embeds (``where: actor``) and clusters the training set every epoch."""
+        from pipeline.clustering.actor import ClusteringActor
+
         params: HcscConfig = config.method  # type: ignore[assignment]
         world_size = max(config.ray.num_workers, 1)
         network_factory = functools.partial(build_encoder, config.model, cls.batch_norm(config, world_size))
@@ -149,6 +156,8 @@ class Hcsc(MoCo):
         first_submission = params.warmup_epochs - 1 if overlap else params.warmup_epochs
         if context.epoch < first_submission:
             return
+        import ray
+
         actor = context.resource("clustering")
         started = time.perf_counter()
         previous = self._submitted
@@ -163,6 +172,8 @@ class Hcsc(MoCo):
 
     def _submit(self, context: EpochContext, actor: Any, key: int) -> None:
         """Start the clustering job ``key`` on the momentum encoder's current weights (or the workers' embeddings)."""
+        import ray
+
         if self.params.clustering.where == "workers":
             features, indices = context.extract_features(self.momentum_encoder)
             embeddings = context.gather_to_rank0(features, indices)  # [num_train, D] on rank 0, None elsewhere

@@ -1,0 +1,36 @@
+"""The step benchmark runs on a machine with torch alone (a bare GPU node): no Ray, MLflow or FAISS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Installed as sitecustomize in every process of the run (the benchmark spawns one per measurement).
+BLOCKER = '''
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("ray", "mlflow", "faiss"):
+            raise ImportError(f"{name} is not installed on this machine")
+        return None
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def test_step_benchmark_needs_only_torch_and_prints_flops(tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    blocked = subprocess.run([sys.executable, "-c", "import ray"], env=env, capture_output=True, text=True)
+    assert blocked.returncode == 1 and "ray is not installed" in blocked.stderr
+    command = [sys.executable, "benchmarks/train_step.py", "--methods", "moco", "hcsc", "--stems", "cifar"]
+    command += ["--batch-size", "4", "--size", "16", "--steps", "1"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if "images/s" in line]
+    assert [row.split()[0] for row in rows] == ["moco", "hcsc"]
+    # ResNet-18 with the CIFAR stem at 16 px: ~0.28 GFLOP per forward, a query forward+backward and a key forward.
+    gflops = [float(row.split("GFLOP/img")[0].split()[-1]) for row in rows]
+    assert all(1.0 < value < 1.3 for value in gflops), rows
