@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import types
 from pathlib import Path
 
@@ -176,10 +177,11 @@ class InProcessActor:
 
 @pytest.fixture()
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``ray.get`` and ``ray.put`` in the method identity functions (the in-process actor returns values)."""
-    monkeypatch.setattr(
-        "pipeline.methods.hcsc.ray", types.SimpleNamespace(get=lambda value: value, put=lambda value: value)
-    )
+    """Make ``ray.get`` and ``ray.put`` in the method identity functions (the in-process actor returns values).
+
+    HCSC imports Ray where it uses it, so the stand-in takes Ray's place in ``sys.modules`` for the test.
+    """
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(get=lambda value: value, put=lambda value: value))
 
 
 def epoch_context(method: Hcsc, epoch: int, actor: InProcessActor) -> EpochContext:
