@@ -279,7 +279,7 @@ def _fit(
     """Create the run's actors and progress relay, launch the TorchTrainer, tear both down; raise if training failed."""
     relay = ProgressRelay()
     try:
-        with RunResources(actor_specs, run_name) as handles:
+        with RunResources(actor_specs, run_name, progress=relay.queue) as handles:
             loop_config = {
                 "config": config.model_dump(mode="json"),
                 "run_dir": str(run_dir),

@@ -33,7 +33,7 @@ from pipeline.data.views import build_view
 from pipeline.evaluation.linear import class_balanced_indices
 from pipeline.evaluation.monitor import gather_by_index
 from pipeline.probe import EVAL_DIR, networks_to_probe
-from pipeline.progress import ProgressRelay, ProgressReporter
+from pipeline.progress import ImageProgress, ProgressRelay, ProgressReporter
 from pipeline.train import seed_everything
 
 
@@ -116,10 +116,13 @@ def linear_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=augmented.milestones, gamma=0.1)
     loader = _train_loader(config, loop_config["sampling"], augmented.batch_size // world, rank, world)
+    global_batch = augmented.batch_size // world * world
     for epoch in range(augmented.epochs):
         (loader if isinstance(loader, EpochLoader) else loader.sampler).set_epoch(epoch)
         total = torch.zeros((), device=device)
         steps = 0
+        label = f"  linear epoch {epoch + 1}/{augmented.epochs}:"
+        epoch_progress = ImageProgress(progress.say, label, len(loader) * global_batch)
         for images, labels, _ in loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with torch.no_grad():
@@ -131,6 +134,9 @@ def linear_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             total += loss.detach()
             steps += 1
+            # The epoch's own line closes it: only the lines before its last step are said here.
+            if rank == 0 and steps < len(loader):
+                epoch_progress(steps * global_batch)
         schedule.step()
         mean_loss = float(total / max(steps, 1))
         ray.train.report({"epoch": epoch + 1, "linear/loss": mean_loss})

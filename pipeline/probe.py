@@ -10,6 +10,7 @@ written beside the run and reused for the same checkpoint and settings unless fo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from pipeline.evaluation.metrics import (
 )
 from pipeline.evaluation.monitor import extract_features
 from pipeline.methods import MethodContext, get_method
+from pipeline.progress import ImageProgress
 
 EVAL_DIR = "eval"
 ENSEMBLE = "ensemble"
@@ -192,16 +194,20 @@ def probe_settings(linear: LinearEvalConfig, long_tailed: bool) -> ProbeSettings
 
 
 def cached_features(
-    network: nn.Module, config: ExperimentConfig, split: str, cache: Path, device: torch.device
+    network: nn.Module, config: ExperimentConfig, split: str, cache: Path, device: torch.device, name: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the network's features ``[N, D]`` and labels ``[N]`` of a split, from the cache file when present."""
+    """Return the network's features ``[N, D]`` and labels ``[N]`` of a split, from the cache file when present.
+
+    Embedding prints progress lines (``features <name> <split>: done/total images, img/s, ETA``).
+    """
     if cache.is_file():
         stored = torch.load(cache, map_location=device, weights_only=True)
         return stored["features"], stored["labels"]
     source = build_source(config.data, split, transform=build_view(EVAL_VIEW, config.data))
     loader = DataLoader(source, batch_size=256, num_workers=config.data.num_workers)
     model = FlipAveraged(network) if config.eval.linear.flip_average else network
-    features, indices = extract_features(model.to(device), loader, device, normalize=False)
+    progress = ImageProgress(functools.partial(print, flush=True), f"features {name} {split}:", len(source))
+    features, indices = extract_features(model.to(device), loader, device, normalize=False, progress=progress)
     order = torch.argsort(indices)
     features = features[order]
     labels = torch.as_tensor(source.labels, dtype=torch.long, device=device)[indices[order]]
@@ -256,9 +262,11 @@ def features_logits(
         feature_key = _hash([checkpoint.name, manifest, data_key, name, linear.flip_average])
         cache = run_dir / EVAL_DIR / "cache"
         train_features, train_labels = cached_features(
-            network, config, "train", cache / f"train-{feature_key}.pt", device
+            network, config, "train", cache / f"train-{feature_key}.pt", device, name
         )
-        test_features, test_labels = cached_features(network, config, "test", cache / f"test-{feature_key}.pt", device)
+        test_features, test_labels = cached_features(
+            network, config, "test", cache / f"test-{feature_key}.pt", device, name
+        )
         probe = train_linear_probe(train_features, train_labels, num_classes, settings)
         with torch.no_grad():
             logits[name] = probe(test_features)

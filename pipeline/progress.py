@@ -4,15 +4,67 @@ Ray forwards every remote process's output to the driver, prefixed by the proces
 Ray Train's per-report lines. The driver instead starts Ray with that forwarding off (unless
 ``--verbose``) and relays the project's own lines through a small queue actor that lives for the
 run: the training loop ``say``s a line, the driver prints it as it is.
+
+``ImageProgress`` turns a pass over many images (feature extraction in the evaluation stage and the
+clustering actor, the augmented probe's epochs) into such lines: images done, images/s and ETA.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from queue import Empty as LocalEmpty
 from typing import Any
 
 POLL_SECONDS = 0.2
+# Long passes (a training set of millions of images) get a line this often; a short one only its closing line.
+PROGRESS_EVERY_S = 10.0
+
+
+def format_duration(seconds: float) -> str:
+    """Return ``seconds`` as ``1h02m``, ``3m05s`` or ``12s``."""
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class ImageProgress:
+    """A progress callback for one pass over ``total`` images: call it with the images done so far.
+
+    It says ``<label> done/total images, R img/s, ETA t`` when ``every_s`` seconds have passed since its
+    last line, and ``... done in t`` once the pass is complete. The rate counts from construction, so
+    loader start-up is part of it, as a person waiting sees it.
+    """
+
+    def __init__(
+        self,
+        say: Callable[[str], None],
+        label: str,
+        total: int,
+        every_s: float = PROGRESS_EVERY_S,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.say, self.label, self.total, self.every_s, self.clock = say, label, total, every_s, clock
+        self.started = self.last_said = clock()
+
+    def __call__(self, done: int) -> None:
+        """Return None after saying a line when ``every_s`` has passed since the last one or the pass is complete."""
+        now = self.clock()
+        finished = done >= self.total
+        if not finished and now - self.last_said < self.every_s:
+            return
+        self.last_said = now
+        elapsed = now - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        if finished:
+            tail = f"done in {format_duration(elapsed)}"
+        else:
+            tail = f"ETA {format_duration((self.total - done) / rate)}" if rate > 0 else "ETA unknown"
+        self.say(f"{self.label} {done}/{self.total} images, {rate:.0f} img/s, {tail}")
 
 
 class ProgressReporter:

@@ -7,6 +7,7 @@ the run whether it finishes, fails or is interrupted.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from types import TracebackType
 from typing import Any
 
@@ -29,11 +30,15 @@ def actor_name(run_name: str, key: str) -> str:
 
 
 class RunResources:
-    """The actors of one run: ``start`` creates them and returns their handles; ``close`` kills every one."""
+    """The actors of one run: ``start`` creates them and returns their handles; ``close`` kills every one.
 
-    def __init__(self, specs: dict[str, ActorSpec], run_name: str) -> None:
+    An actor class whose constructor takes ``progress`` receives the run's progress relay queue there.
+    """
+
+    def __init__(self, specs: dict[str, ActorSpec], run_name: str, progress: Any | None = None) -> None:
         self.specs = dict(specs)
         self.run_name = run_name
+        self.progress = progress
         self.handles: dict[str, Any] = {}
 
     def start(self) -> dict[str, Any]:
@@ -49,7 +54,10 @@ class RunResources:
                 max_restarts=0,
                 max_concurrency=spec.max_concurrency,
             )
-            self.handles[key] = remote_class.remote(*spec.args, **spec.kwargs)
+            kwargs = dict(spec.kwargs)
+            if self.progress is not None and "progress" in inspect.signature(spec.actor_class).parameters:
+                kwargs["progress"] = self.progress
+            self.handles[key] = remote_class.remote(*spec.args, **kwargs)
         return dict(self.handles)
 
     def close(self) -> None:

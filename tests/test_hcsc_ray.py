@@ -4,6 +4,7 @@ a worker failure that resumes and rebuilds the hierarchy, every clustering metri
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,12 @@ EPOCH_METRICS = (
     ],
 )
 def test_three_epochs_with_warm_up_and_the_clustering_actor(
-    tmp_path: Path, mlflow_uri: str, mode: str, overrides: dict[str, object], staleness: list[int]
+    tmp_path: Path,
+    mlflow_uri: str,
+    mode: str,
+    overrides: dict[str, object],
+    staleness: list[int],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     values = tiny_overrides(
         tmp_path,
@@ -66,6 +72,13 @@ def test_three_epochs_with_warm_up_and_the_clustering_actor(
         },
     )
     result = pretrain(with_overrides(load_config("hcsc_synthetic.yaml"), values))
+    # The actor's embedding progress reaches the driver through the run's relay; with where: workers it only clusters.
+    embedded = {
+        int(match[1])
+        for line in capsys.readouterr().out.splitlines()
+        if (match := re.match(r"  clustering after (\d+) epochs: embedded 64/64 images, \d+ img/s, done in ", line))
+    }
+    assert sorted(embedded) == ([0, 1, 2] if mode == "overlap" else [])
     client = MlflowClient(mlflow_uri)
     assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
 

@@ -6,7 +6,8 @@ momentum encoder's state dict and embeds the training set on the actor's own dev
 batched, no grad); ``submit_features`` takes embeddings the training workers extracted. Either
 returns at once: one background thread runs the jobs in order while ``result`` calls, from every
 rank, wait for the key they need. The actor is threaded (``max_concurrency`` above one) so that
-waiting ranks never block a submission.
+waiting ranks never block a submission. Embedding says progress lines through the run's progress
+relay (``progress``, passed by the driver), or prints them when there is none.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluation.monitor import extract_features, gather_by_index
 from pipeline.method_configs import ClusteringConfig
+from pipeline.progress import ImageProgress, ProgressReporter
 
 # Results kept besides the newest: overlap mode reads key e−1 while key e is being computed.
 KEPT_RESULTS = 3
@@ -61,8 +64,10 @@ class ClusteringActor:
         scale: str,
         temperature: float,
         settings: ClusteringConfig,
+        progress: Any | None = None,
     ) -> None:
         self.data, self.network_factory = data, network_factory
+        self.progress = ProgressReporter(progress)
         self.sizes, self.scale, self.temperature, self.settings = list(sizes), scale, temperature, settings
         labelled = build_source(data, "train")
         self.labels, self.coarse_labels = labelled.labels, labelled.coarse_labels
@@ -79,7 +84,7 @@ class ClusteringActor:
 
     def submit_weights(self, key: int, weights: dict[str, torch.Tensor]) -> None:
         """Queue a job that embeds the training set with ``weights`` and clusters it as ``key``; return at once."""
-        self._schedule(key, lambda: self._embed(weights))
+        self._schedule(key, lambda: self._embed(key, weights))
 
     def submit_features(self, key: int, features: np.ndarray) -> None:
         """Queue a job that clusters the workers' embeddings ``features [n, D]`` as ``key``; return at once."""
@@ -135,7 +140,7 @@ class ClusteringActor:
             self._ready.notify_all()
 
     @torch.no_grad()
-    def _embed(self, weights: dict[str, torch.Tensor]) -> np.ndarray:
+    def _embed(self, key: int, weights: dict[str, torch.Tensor]) -> np.ndarray:
         """Return the normalised embeddings ``[n, D]`` of the whole training set under ``weights`` (eval view)."""
         if self._network is None:
             self._network = self.network_factory().to(self.device)
@@ -144,5 +149,6 @@ class ClusteringActor:
                 source, batch_size=self.settings.batch_size, num_workers=self.data.num_workers
             )
         self._network.load_state_dict(weights)
-        features, indices = extract_features(self._network, self._loader, self.device)
+        progress = ImageProgress(self.progress.say, f"  clustering after {key} epochs: embedded", len(self.labels))
+        features, indices = extract_features(self._network, self._loader, self.device, progress=progress)
         return gather_by_index(features, indices, len(self.labels)).cpu().numpy()

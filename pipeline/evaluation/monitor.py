@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 
 import torch
@@ -26,8 +26,13 @@ def extract_features(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     normalize: bool = True,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return pooled features ``[n, D]`` (float32; L2-normalised if ``normalize``) and sample indices ``[n]``."""
+    """Return pooled features ``[n, D]`` (float32; L2-normalised if ``normalize``) and sample indices ``[n]``.
+
+    ``progress`` (e.g. a ``pipeline.progress.ImageProgress``) is called after each batch with the number
+    of images embedded so far: a host-side count, so reporting adds no device synchronisation.
+    """
     was_training = backbone.training
     backbone.eval()
     features, indices = [], []
@@ -35,12 +40,16 @@ def extract_features(
     autocast = (
         torch.autocast(device_type=device.type, dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
     )
+    done = 0
     with autocast:
         for images, _, index in batches:
+            done += images.shape[0]
             images = images.to(device, non_blocking=True, memory_format=memory_format)
             pooled = backbone(images).float()
             features.append(F.normalize(pooled, dim=1) if normalize else pooled)
             indices.append(index.to(device, non_blocking=True))
+            if progress is not None:
+                progress(done)
     backbone.train(was_training)
     if not features:
         width = getattr(backbone, "feature_dim", 0)

@@ -22,8 +22,8 @@ from pipeline.methods.common import build_encoder
 NUM_TRAIN = 120
 
 
-def make_actor(**settings: object) -> ClusteringActor:
-    """Return an actor for 120 synthetic images, a width-4 encoder and a 12-6-3 hierarchy."""
+def make_actor(progress: object | None = None, **settings: object) -> ClusteringActor:
+    """Return an actor for 120 synthetic images, a width-4 encoder and a 12-6-3 hierarchy (lines to ``progress``)."""
     overrides: dict[str, object] = {
         "method.name": "hcsc",
         "data.synthetic.num_train": NUM_TRAIN,
@@ -38,7 +38,7 @@ def make_actor(**settings: object) -> ClusteringActor:
     overrides.update({f"method.clustering.{key}": value for key, value in settings.items()})
     config = with_overrides(load_config(None), overrides)
     factory = functools.partial(build_encoder, config.model, "plain")
-    return ClusteringActor(config.data, factory, [12, 6, 3], "off", 0.2, config.method.clustering)
+    return ClusteringActor(config.data, factory, [12, 6, 3], "off", 0.2, config.method.clustering, progress)
 
 
 def test_weights_are_embedded_on_the_actor_and_clustered_like_the_pure_function() -> None:
@@ -59,6 +59,26 @@ def test_weights_are_embedded_on_the_actor_and_clustered_like_the_pure_function(
     assert result.extract_seconds > 0 and result.seconds >= result.hierarchy.seconds
     assert result.statistics["level0/non_empty"] == len(np.unique(result.hierarchy.levels[0].assignments))
     assert 0 <= result.statistics["level2/nmi_superclass"] <= 1
+
+
+class LineQueue:
+    """Stands in for the run's progress relay queue: keeps what the actor puts."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def put_nowait(self, line: str) -> None:
+        """Keep ``line``."""
+        self.lines.append(line)
+
+
+def test_embedding_says_progress_through_the_relay_ending_at_the_training_set() -> None:
+    queue = LineQueue()
+    actor = make_actor(queue)
+    actor.submit_weights(3, build_encoder(actor.network_factory.args[0], "plain").state_dict())
+    actor.result(3)
+    assert queue.lines[-1].startswith(f"  clustering after 3 epochs: embedded {NUM_TRAIN}/{NUM_TRAIN} images, ")
+    assert " img/s, done in " in queue.lines[-1]
 
 
 def test_features_from_the_workers_are_clustered_as_given() -> None:
