@@ -192,6 +192,8 @@ class TrackingConfig(Section):
     fallback_uri: str | None = None
     parent_run_id: str | None = None
     tags: dict[str, str] = {}
+    # The final backbone is always logged as the run's MLflow model ``backbone``; a name also registers it.
+    register_model: str | None = Field(None, min_length=1)
 
 
 class ExperimentConfig(Section):

@@ -19,6 +19,9 @@ normalisation, one description per exported network) and the weights:
 ``pipeline.load_backbone(PATH, network="backbone")`` rebuilds either kind as a ready module in eval mode.
 Batch norm of any training mode (split, shuffle, sync) is exported and rebuilt as plain batch norm: in
 eval mode they compute the same thing, and a downstream fine-tune needs no batch-splitting constraint.
+
+``log_final_model`` logs a finished run's backbone, rebuilt the same way, as the MLflow model ``backbone``
+of its pretraining run (``mlflow.pytorch.load_model("runs:/<run id>/backbone")``).
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from pipeline import tracking
 from pipeline.checkpoints import (
     checkpoint_epoch,
     checkpoint_folders,
@@ -49,6 +54,8 @@ from pipeline.models.patch_grid import PatchGridEncoder
 from pipeline.probe import EvaluationError, evaluation_networks, load_run_config
 
 FORMATS = ("torchvision", "state_dict")
+# The MLflow model a finished pretraining run logs (``runs:/<run id>/backbone``).
+MODEL_NAME = "backbone"
 TORCHVISION_WIDTH = 64
 CIFAR_CONV1 = "nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)"
 # The number of classes only seeds a queue's initial labels and steers training-time metrics; the checkpoint
@@ -212,9 +219,38 @@ def load_backbone(path: str | Path, network: str = "backbone") -> nn.Module:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(payload, dict) or "metadata" not in payload:
         raise ValueError(f"{path} is not a file written by pipeline.export (no metadata block)")
+    if network not in payload["metadata"]["networks"]:
+        held = ", ".join(payload["metadata"]["networks"])
+        raise ValueError(f"{path} holds no network {network!r}; it holds {held}")
+    return rebuild(payload, network)
+
+
+def run_network(run_dir: Path, network: str = "backbone") -> tuple[nn.Module, dict[str, Any]]:
+    """Return a run's evaluation network at its newest checkpoint (rebuilt plain, eval mode) and its export metadata.
+
+    The module is what ``--format state_dict`` followed by ``load_backbone`` gives, without writing the file.
+    """
+    payload = export_run(run_dir, "state_dict")
+    return rebuild(payload, network), payload["metadata"]
+
+
+def log_final_model(run: tracking.RunHandle, run_dir: Path, registered_name: str | None = None) -> str:
+    """Return the URI of the run's MLflow model ``backbone``, logged from its newest checkpoint unless already there.
+
+    A finished run reported again keeps the model it has; ``registered_name`` registers a newly logged one.
+    """
+    if tracking.logged_model_id(run, MODEL_NAME) is None:
+        network, metadata = run_network(run_dir)
+        size = metadata["input"]["image_size"]
+        # Two images keep the batch dimension dynamic in the exported program; zeros are the mean image once normalised.
+        example = np.zeros((2, 3, size, size), dtype=np.float32)
+        tracking.log_model(run, network, example, MODEL_NAME, registered_name)
+    return f"runs:/{run.run_id}/{MODEL_NAME}"
+
+
+def rebuild(payload: dict[str, Any], network: str) -> nn.Module:
+    """Return network ``network`` of an export payload as a module with its weights loaded strictly, in eval mode."""
     metadata = payload["metadata"]
-    if network not in metadata["networks"]:
-        raise ValueError(f"{path} holds no network {network!r}; it holds {', '.join(metadata['networks'])}")
     if metadata["format"] == "torchvision":
         module, state = _torchvision_model(metadata), payload["state_dict"]
     else:

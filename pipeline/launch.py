@@ -40,6 +40,7 @@ from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluate import evaluate_and_record
 from pipeline.evaluation.knn import pixel_knn_top1
+from pipeline.export import log_final_model
 from pipeline.methods import Method, get_method
 from pipeline.progress import ProgressRelay
 from pipeline.resources import RunResources, actor_name, required_resources
@@ -258,6 +259,7 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     )
     tracking.set_tags(run, {"checkpoint": result.checkpoint_path or ""})
     tracking.log_text(run, json.dumps(result.summary(), indent=2), "summary.json")
+    print(f"MLflow model: {log_final_model(run, run_dir, config.tracking.register_model)}")
     tracking.finish_run(run, "FINISHED")
     if config.eval.linear.enabled:
         evaluation = evaluate_and_record(run_dir, tracking_uri=run.tracking_uri, verbose=verbose)

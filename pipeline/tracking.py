@@ -334,3 +334,51 @@ def run_url(handle: RunHandle) -> str:
     if handle.tracking_uri.startswith(("http://", "https://")):
         return f"{handle.tracking_uri.rstrip('/')}/#/experiments/{handle.experiment_id}/runs/{handle.run_id}"
     return f"mlflow ui --backend-store-uri {handle.tracking_uri}  (run {handle.run_id})"
+
+
+def logged_model_id(handle: RunHandle, name: str) -> str | None:
+    """Return the id of the MLflow model ``name`` the run has logged (None when it has none of that name)."""
+    client = mlflow_client(handle.tracking_uri)
+    outputs = client.get_run(handle.run_id).outputs
+    for output in outputs.model_outputs if outputs is not None else []:
+        if client.get_logged_model(output.model_id).name == name:
+            return output.model_id
+    return None
+
+
+def log_model(
+    handle: RunHandle, network: Any, input_example: Any, name: str, registered_name: str | None = None
+) -> str:
+    """Return the model URI ``runs:/<run id>/<name>`` after logging ``network`` on the run as an MLflow PyTorch model.
+
+    ``input_example`` (a numpy batch of more than one image, so the batch dimension stays dynamic) gives
+    the signature. The model is saved as a ``torch.export`` program (``pt2``): it loads without this
+    project's code. ``registered_name`` also registers it in the store's model registry.
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with torch.no_grad():
+        output = network(torch.as_tensor(input_example)).numpy()
+    client = mlflow_client(handle.tracking_uri)
+    # Created here in the run's own experiment: MLflow's fluent call would file it under the process's current one.
+    experiment = client.get_run(handle.run_id).info.experiment_id
+    model = client.create_logged_model(experiment, name=name, source_run_id=handle.run_id)
+    with _use_tracking_uri(handle.tracking_uri):
+        mlflow.pytorch.log_model(
+            network,
+            name=name,
+            model_id=model.model_id,
+            run_id=handle.run_id,
+            input_example=input_example,
+            signature=infer_signature(input_example, output),
+            serialization_format="pt2",
+            # Inferring requirements imports and probes the environment (seconds); torch is the one the program needs.
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            # Validation reloads the saved program and runs the example again (about 2 s); tests load it instead.
+            validate_serving_input=False,
+            registered_model_name=registered_name,
+        )
+    return f"runs:/{handle.run_id}/{name}"
