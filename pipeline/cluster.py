@@ -5,10 +5,12 @@ Shared by pretraining (``pipeline.launch``) and the augmented linear evaluation 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,78 @@ INTERRUPTED = threading.Event()
 
 class ResourceError(RuntimeError):
     """The requested workers cannot be placed on the cluster."""
+
+
+# The per-node agents a raylet starts. Each exits once it sees its raylet gone, but first tries to report that to the
+# GCS, which died with the raylet: after a driver that started a local Ray is SIGKILLed they linger (about a minute on
+# a 2-core machine, longer on a busy one).
+RAY_AGENT_TITLES = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+PROC = Path("/proc")
+# How long stopped agents get to disappear before the new local Ray starts anyway.
+AGENT_STOP_WAIT_S = 5.0
+
+
+def process_title(pid: int) -> str:
+    """Return the first word of a process's command line (its title for Ray's processes); "" when it is gone."""
+    try:
+        first = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return ""
+    return first.decode(errors="replace").strip()
+
+
+def parent_pid(pid: int) -> int:
+    """Return a process's parent id (0 when the process is gone)."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return 0
+    # The command name in field 2 may hold spaces and parentheses: the fields after its closing one are plain.
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def orphaned_ray_agents() -> list[int]:
+    """Return the ids of this user's Ray agents whose parent is no longer a raylet: leftovers of a dead local Ray.
+
+    A live agent's parent is always the raylet that started it (Ray's agents apply this same test to decide to
+    exit), so an agent of a running cluster, this user's or another's, in a container or not, is never listed.
+    """
+    if not PROC.is_dir():
+        return []
+    uid = os.getuid()
+    found = []
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if entry.stat().st_uid != uid:
+                continue
+        except OSError:
+            continue
+        pid = int(entry.name)
+        if process_title(pid) not in RAY_AGENT_TITLES:
+            continue
+        parent = parent_pid(pid)
+        if parent and Path(process_title(parent)).name != "raylet":
+            found.append(pid)
+    return found
+
+
+def stop_orphaned_ray_agents() -> list[int]:
+    """Return the ids of the orphaned Ray agents (``orphaned_ray_agents``) after killing them and waiting briefly."""
+    stopped = orphaned_ray_agents()
+    for pid in stopped:
+        # Checked again just before the kill, so that an agent that exited meanwhile cannot lend its id to another
+        # process. Their raylet and GCS are gone: nothing is left for them to do or report, so they are killed outright.
+        if process_title(pid) in RAY_AGENT_TITLES:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + AGENT_STOP_WAIT_S
+    while time.monotonic() < deadline and any((PROC / str(pid)).exists() for pid in stopped):
+        time.sleep(0.1)
+    if stopped:
+        log.warning("stopped %d Ray agent process(es) left by a local Ray whose driver was killed", len(stopped))
+    return stopped
 
 
 def storage_root(config: RayConfig) -> str:
@@ -77,6 +151,7 @@ def ensure_ray(config: RayConfig, verbose: bool = False) -> None:
     if address:
         ray.init(address=address, **options)
     else:
+        stop_orphaned_ray_agents()
         ray.init(num_cpus=config.num_cpus, object_store_memory=config.object_store_memory, **options)
     if on_main_thread and callable(sigterm_handler):
         signal.signal(signal.SIGTERM, sigterm_handler)
