@@ -34,7 +34,7 @@ from pipeline.evaluation.monitor import knn_monitor
 from pipeline.faults import FaultHooks
 from pipeline.methods import EpochContext, Method, MethodContext, StepInfo, get_method
 from pipeline.optim import build_optimizer, lr_schedule
-from pipeline.progress import ProgressReporter
+from pipeline.progress import ProgressReporter, format_duration
 from pipeline.step import autocast_dtype, batch_to_device, train_step
 
 
@@ -44,16 +44,6 @@ def seed_everything(seed: int, *parts: int) -> None:
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)
-
-
-def format_duration(seconds: float) -> str:
-    """Return ``seconds`` as ``1h02m``, ``3m05s`` or ``12s``."""
-    seconds = int(max(seconds, 0))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def _mean_across_workers(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
