@@ -259,7 +259,7 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     )
     tracking.set_tags(run, {"checkpoint": result.checkpoint_path or ""})
     tracking.log_text(run, json.dumps(result.summary(), indent=2), "summary.json")
-    print(f"MLflow model: {log_final_model(run, run_dir, config.tracking.register_model)}")
+    log_backbone_model(run, run_dir, config.tracking.register_model)
     tracking.finish_run(run, "FINISHED")
     if config.eval.linear.enabled:
         evaluation = evaluate_and_record(run_dir, tracking_uri=run.tracking_uri, verbose=verbose)
@@ -267,6 +267,26 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         print(evaluation.table())
         result.evaluation = {name: network.metrics() for name, network in evaluation.networks.items()}
     return result
+
+
+def log_backbone_model(run: tracking.RunHandle, run_dir: Path, registered_name: str | None) -> str | None:
+    """Return the URI of the finished run's MLflow model ``backbone``, or None (tagged ``model_error``) if it failed.
+
+    Training has finished and its checkpoints are complete: a model that cannot be logged (a store
+    without a registry, a network torch.export refuses) is a warning, never a run left RUNNING or FAILED.
+    """
+    try:
+        uri = log_final_model(run, run_dir, registered_name)
+    except Exception as exc:  # noqa: BLE001 - any failure here leaves the finished run as it is; say why
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        tracking.set_tags(run, {"model_error": reason})
+        print(
+            f"warning: the backbone could not be logged as an MLflow model ({reason}); the run is complete: "
+            f"python -m pipeline.export --run {run_dir} --format state_dict --out backbone.pt writes its weights"
+        )
+        return None
+    print(f"MLflow model: {uri}")
+    return uri
 
 
 def _fit(

@@ -58,3 +58,21 @@ def test_a_name_registers_it_and_a_second_report_logs_nothing(tiny_reference: Re
     (version,) = client.search_model_versions("name = 'tiny-backbone'")
     assert str(version.version) == "1" and version.run_id == handle.run_id
     assert version.source == f"models:/{tracking.logged_model_id(handle, MODEL_NAME)}"
+
+
+def test_a_model_that_cannot_be_logged_is_a_warning_and_a_tag(
+    mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipeline import launch
+
+    def refuse(*args: object) -> str:
+        raise RuntimeError("this store has no model registry\nsecond line")
+
+    monkeypatch.setattr(launch, "log_final_model", refuse)
+    experiment = tracking.experiment_id(mlflow_uri, "model-failure")
+    client = MlflowClient(mlflow_uri)
+    handle = tracking.RunHandle(mlflow_uri, experiment, client.create_run(experiment).info.run_id)
+    assert launch.log_backbone_model(handle, tmp_path / "run", "name") is None
+    assert client.get_run(handle.run_id).data.tags["model_error"] == "this store has no model registry"
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and printed[0].startswith("warning: the backbone could not be logged")
