@@ -4,8 +4,8 @@ Reads a sweep's child runs back from MLflow and writes the comparison in the for
 ablation tables use: one row per grid point (axis values), the metric's mean ± std over seeds, the
 best row marked, pending, failed, interrupted and (ASHA) early-stopped trials shown. Writes ``report.md``,
 ``report.csv``, one plot of the metric against each axis (one line per value of another axis) and the
-learning curves of the best and the worst trial, and logs them all as artifacts of the sweep's parent
-run. Works on a sweep in progress.
+learning curves of the best and the worst trial, the learning curves of every trial on one figure, and
+logs them all as artifacts of the sweep's parent run. Works on a sweep in progress.
 """
 
 from __future__ import annotations
@@ -228,6 +228,48 @@ def plot_learning_curves(uri: str, records: list[TrialRecord], mode: str, folder
     return path
 
 
+def trial_curves(uri: str, records: list[TrialRecord]) -> list[tuple[TrialRecord, list[int], list[float]]]:
+    """Return each trial's kNN curve as (record, epochs from 1, values), for the trials that logged an epoch."""
+    client = tracking.mlflow_client(uri)
+    curves = []
+    for record in records:
+        history = client.get_metric_history(record.run_id, LEARNING_CURVE_METRIC) if record.run_id else []
+        if history:
+            ordered = sorted(history, key=lambda metric: metric.step)
+            curves.append((record, [m.step + 1 for m in ordered], [m.value for m in ordered]))
+    return curves
+
+
+def plot_all_learning_curves(uri: str, records: list[TrialRecord], folder: Path) -> Path | None:
+    """Return the PNG of every trial's kNN curve on one figure (None if no trial has logged an epoch yet).
+
+    Trials that did not finish (running, stopped early, failed, interrupted) are drawn dashed, their
+    status in the legend, so a sweep in progress shows where every trial stands.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = trial_curves(uri, records)
+    if not curves:
+        return None
+    figure, plot = plt.subplots(figsize=(7, 4.5))
+    for record, epochs, values in curves:
+        done = record.value is not None
+        label = record.name if done else f"{record.name} ({record.status.lower()})"
+        plot.plot(epochs, values, marker="o", markersize=3, linestyle="-" if done else "--", label=label)
+    plot.set_xlabel("epoch")
+    plot.set_ylabel(LEARNING_CURVE_METRIC)
+    plot.set_title(f"{len(curves)} trials")
+    plot.legend(fontsize="x-small", ncol=max(1, len(curves) // 12), loc="best")
+    figure.tight_layout()
+    path = folder / "all_learning_curves.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
     """Return the sweep's report after writing its files to ``folder`` (a temp folder if None) and to MLflow."""
     parent = find_parent(uri, sweep)
@@ -245,9 +287,9 @@ def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
     (folder / "report.md").write_text(markdown)
     write_csv(rows, axes, folder / "report.csv")
     files = [folder / "report.md", folder / "report.csv", *plot_axes(rows, axes, metric, folder)]
-    curves = plot_learning_curves(uri, records, mode, folder)
-    if curves is not None:
-        files.append(curves)
+    for curves in (plot_learning_curves(uri, records, mode, folder), plot_all_learning_curves(uri, records, folder)):
+        if curves is not None:
+            files.append(curves)
     handle = tracking.RunHandle(uri, parent.info.experiment_id, parent.info.run_id)
     for path in files:
         tracking.log_artifact(handle, path, "report")

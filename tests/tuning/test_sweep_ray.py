@@ -127,6 +127,7 @@ def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     assert (tmp_path / "report" / "report.csv").read_text().splitlines()[0].startswith("data.root,data.source,")
     attached = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.csv", "report/learning_curves.png"} <= attached
+    assert "report/all_learning_curves.png" in attached
 
 
 def test_asha_stops_the_weaker_trial_at_its_first_rung(

@@ -1,0 +1,32 @@
+"""The report's figure of every trial's learning curve, from runs in a store (no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image
+from mlflow import MlflowClient
+
+from pipeline import tracking
+from tuning.report import TrialRecord, plot_all_learning_curves, trial_curves
+
+
+def test_every_trial_with_an_epoch_is_drawn_and_none_without(tmp_path: Path, mlflow_uri: str) -> None:
+    client = MlflowClient(mlflow_uri)
+    experiment = tracking.experiment_id(mlflow_uri, "sweep")
+    records = []
+    for index, (status, value, epochs) in enumerate([("FINISHED", 60.0, 3), ("KILLED", None, 1), ("FAILED", None, 0)]):
+        run_id = client.create_run(experiment).info.run_id
+        for epoch in range(epochs):
+            client.log_metric(run_id, "knn/top1", 40.0 + 10 * epoch + index, step=epoch)
+        records.append(TrialRecord(f"grid-{index:03d}", {"method.alpha": index}, 0, status, value, run_id))
+    records.append(TrialRecord("grid-003", {"method.alpha": 3}, 0, "PENDING", None, None))
+    # The finished trial's 3 epochs and the interrupted one's single epoch; the failed one (no epoch) and the
+    # pending one (no run) have nothing to draw.
+    drawn = [(record.name, epochs, values) for record, epochs, values in trial_curves(mlflow_uri, records)]
+    assert drawn == [("grid-000", [1, 2, 3], [40.0, 50.0, 60.0]), ("grid-001", [1], [41.0])]
+    path = plot_all_learning_curves(mlflow_uri, records, tmp_path)
+    assert path == tmp_path / "all_learning_curves.png"
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert (width, height) == (700, 450)
+    assert plot_all_learning_curves(mlflow_uri, records[2:], tmp_path / "empty") is None
