@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline import tracking
 from pipeline.checkpoints import checkpoint_folders, incomplete_reason, read_run_id, read_tracking_uri
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, TrackingConfig
 from pipeline.data.build import build_source
 from pipeline.linear_train import augmented_logits
 from pipeline.probe import (
@@ -35,6 +34,9 @@ from pipeline.probe import (
     settings_key,
     summarise,
 )
+from pipeline.record.names import RUN_DIR_TAG
+from pipeline.record.run import RunHandle, run_tags
+from pipeline.record.store import TrackingError, existing_store, resolve_tracking_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -99,7 +101,7 @@ def evaluate_and_record(
     result = evaluate_run(run_dir, overrides, force, verbose=verbose)
     run_id, uri = read_run_id(Path(run_dir)), tracking_uri or read_tracking_uri(Path(run_dir))
     if not result.reused and run_id is not None and uri is not None:
-        record_evaluation(result, tracking.RunHandle(uri, "", run_id))
+        record_evaluation(result, RunHandle(uri, "", run_id))
     return result
 
 
@@ -107,21 +109,16 @@ def run_folder(run: str, tracking_uri: str | None) -> Path:
     """Return the run folder named by ``run``: a path, or an MLflow run id whose ``run_dir`` tag names it."""
     if Path(run).is_dir() or not RUN_ID.match(run):
         return Path(run)
-    from mlflow.exceptions import MlflowException
-
-    from pipeline.config import TrackingConfig
-
     try:
-        uri = tracking.existing_store(tracking_uri or tracking.resolve_tracking_uri(TrackingConfig()))
-    except tracking.TrackingError as exc:
+        uri = existing_store(tracking_uri or resolve_tracking_uri(TrackingConfig()))
+    except TrackingError as exc:
         raise EvaluationError(f"{exc} (pass --tracking-uri, or the run folder)") from None
-    try:
-        tags = tracking.mlflow_client(uri).get_run(run).data.tags
-    except MlflowException:
-        raise EvaluationError(f"no MLflow run {run} in {uri} (pass --tracking-uri, or the run folder)") from None
-    if "run_dir" not in tags:
-        raise EvaluationError(f"MLflow run {run} has no run_dir tag: it was not recorded by pipeline.pretrain")
-    return Path(tags["run_dir"])
+    tags = run_tags(uri, run)
+    if tags is None:
+        raise EvaluationError(f"no MLflow run {run} in {uri} (pass --tracking-uri, or the run folder)")
+    if RUN_DIR_TAG not in tags:
+        raise EvaluationError(f"MLflow run {run} has no {RUN_DIR_TAG} tag: it was not recorded by pipeline.pretrain")
+    return Path(tags[RUN_DIR_TAG])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline import tracking
 from pipeline.checkpoints import (
     checkpoint_epoch,
     checkpoint_folders,
@@ -52,6 +51,7 @@ from pipeline.models.backbones import ResNet, build_backbone
 from pipeline.models.multi_exit import FcExit, StageExit
 from pipeline.models.patch_grid import PatchGridEncoder
 from pipeline.probe import EvaluationError, evaluation_networks, load_run_config
+from pipeline.record.run import RunHandle, log_model, logged_model_id
 
 FORMATS = ("torchvision", "state_dict")
 # The MLflow model a finished pretraining run logs (``runs:/<run id>/backbone``).
@@ -234,17 +234,17 @@ def run_network(run_dir: Path, network: str = "backbone") -> tuple[nn.Module, di
     return rebuild(payload, network), payload["metadata"]
 
 
-def log_final_model(run: tracking.RunHandle, run_dir: Path, registered_name: str | None = None) -> str:
+def log_final_model(run: RunHandle, run_dir: Path, registered_name: str | None = None) -> str:
     """Return the URI of the run's MLflow model ``backbone``, logged from its newest checkpoint unless already there.
 
     A finished run reported again keeps the model it has; ``registered_name`` registers a newly logged one.
     """
-    if tracking.logged_model_id(run, MODEL_NAME) is None:
+    if logged_model_id(run, MODEL_NAME) is None:
         network, metadata = run_network(run_dir)
         size = metadata["input"]["image_size"]
         # Two images keep the batch dimension dynamic in the exported program; zeros are the mean image once normalised.
         example = np.zeros((2, 3, size, size), dtype=np.float32)
-        tracking.log_model(run, network, example, MODEL_NAME, registered_name)
+        log_model(run, network, example, MODEL_NAME, registered_name)
     return f"runs:/{run.run_id}/{MODEL_NAME}"
 
 

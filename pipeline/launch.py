@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from pipeline import tracking
 from pipeline.checkpoints import (
     check_storage,
     checkpoint_epoch,
@@ -43,6 +42,28 @@ from pipeline.evaluation.knn import pixel_knn_top1
 from pipeline.export import log_final_model
 from pipeline.methods import Method, get_method
 from pipeline.progress import ProgressRelay
+from pipeline.record.names import (
+    CHECKPOINT_TAG,
+    CONFIG_ARTIFACT,
+    ERROR_TAG,
+    METHOD_TAG,
+    MODEL_ERROR_TAG,
+    RUN_DIR_TAG,
+    RUN_NAME_TAG,
+    SUMMARY_ARTIFACT,
+)
+from pipeline.record.run import (
+    RunHandle,
+    finish_run,
+    latest_metric,
+    log_metrics,
+    log_text,
+    open_run,
+    recorded_metric,
+    set_tags,
+    stopped_by_scheduler,
+)
+from pipeline.record.store import reachable_store
 from pipeline.resources import RunResources, actor_name, required_resources
 from pipeline.train import train_loop_per_worker
 
@@ -188,7 +209,7 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         raise ConfigError(f"invalid config: {exc}") from None
     storage = storage_root(config.ray)
     check_storage(storage)
-    tracking_uri = tracking.reachable_store(config.tracking)
+    tracking_uri = reachable_store(config.tracking)
     run_name, resume_from = resolve_run(config, Path(storage))
     run_dir = Path(storage) / run_name
     epochs_done = checkpoint_epoch(resume_from) if resume_from is not None else 0
@@ -208,24 +229,24 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         print(f"run '{run_name}' already finished ({epochs_done}/{config.train.epochs} epochs): reporting its result")
 
     existing_run_id = read_run_id(run_dir)
-    recorded_baseline = tracking.recorded_metric(tracking_uri, existing_run_id, PIXEL_BASELINE)
+    recorded_baseline = recorded_metric(tracking_uri, existing_run_id, PIXEL_BASELINE)
     baseline = recorded_baseline
     if config.eval.pixel_baseline and baseline is None:
         # Decodes every image of both splits: an unreadable one stops the command here, before any run is touched.
         baseline = pixel_baseline(config, sources)
 
-    run, changed = tracking.open_run(tracking_uri, config.tracking, run_name, flatten(config), existing_run_id)
+    run, changed = open_run(tracking_uri, config.tracking, run_name, flatten(config), existing_run_id)
     try:
         write_run_id(run_dir, run.run_id, run.tracking_uri)
         write_run_config(run_dir, config)
         if changed:
             listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in sorted(changed.items()))
             print(f"this attempt changes settings that do not alter training: {listed} (tagged on the MLflow run)")
-        tracking.log_text(run, to_yaml(config), "config.yaml")
-        tracking.set_tags(run, {"run_name": run_name, "run_dir": str(run_dir), "method": config.method.name})
+        log_text(run, to_yaml(config), CONFIG_ARTIFACT)
+        set_tags(run, {RUN_NAME_TAG: run_name, RUN_DIR_TAG: str(run_dir), METHOD_TAG: config.method.name})
         print(f"MLflow run {run.run_id} in {run.tracking_uri}")
         if baseline is not None and recorded_baseline is None:
-            tracking.log_metrics(run, {PIXEL_BASELINE: baseline}, step=0)
+            log_metrics(run, {PIXEL_BASELINE: baseline}, step=0)
         if baseline is not None:
             print(f"raw-pixel kNN baseline: {baseline:.2f}%")
         if needs_training:
@@ -234,20 +255,20 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         metrics = {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) or INTERRUPTED.is_set():
-            tracking.finish_run(run, "KILLED")
+            finish_run(run, "KILLED")
             saved = latest_checkpoint(run_dir)
             raise RunInterrupted(
                 run_name, run_dir, checkpoint_epoch(saved) if saved else 0, config.train.epochs, run.run_id
             ) from None
         if isinstance(exc, RunActorDied):
-            tracking.set_tags(run, {"error": str(exc)})
+            set_tags(run, {ERROR_TAG: str(exc)})
         # A scheduler that stops a trial tears down its training workers, and the error that follows is no failure.
-        tracking.finish_run(run, "KILLED" if tracking.stopped_by_scheduler(run) else "FAILED")
+        finish_run(run, "KILLED" if stopped_by_scheduler(run) else "FAILED")
         raise
 
     final = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("knn/", "train/loss"))}
-    if tracking.latest_metric(run, "final/train/loss") is None:
-        tracking.log_metrics(run, final, step=config.train.epochs)
+    if latest_metric(run, "final/train/loss") is None:
+        log_metrics(run, final, step=config.train.epochs)
     result = PretrainResult(
         run_name=run_name,
         metrics=metrics,
@@ -257,10 +278,10 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         pixel_knn_top1=baseline,
         wall_time_s=time.time() - started,
     )
-    tracking.set_tags(run, {"checkpoint": result.checkpoint_path or ""})
-    tracking.log_text(run, json.dumps(result.summary(), indent=2), "summary.json")
+    set_tags(run, {CHECKPOINT_TAG: result.checkpoint_path or ""})
+    log_text(run, json.dumps(result.summary(), indent=2), SUMMARY_ARTIFACT)
     log_backbone_model(run, run_dir, config.tracking.register_model)
-    tracking.finish_run(run, "FINISHED")
+    finish_run(run, "FINISHED")
     if config.eval.linear.enabled:
         evaluation = evaluate_and_record(run_dir, tracking_uri=run.tracking_uri, verbose=verbose)
         print(f"linear evaluation ({evaluation.protocol}{', reused' if evaluation.reused else ''}):")
@@ -269,7 +290,7 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     return result
 
 
-def log_backbone_model(run: tracking.RunHandle, run_dir: Path, registered_name: str | None) -> str | None:
+def log_backbone_model(run: RunHandle, run_dir: Path, registered_name: str | None) -> str | None:
     """Return the URI of the finished run's MLflow model ``backbone``, or None (tagged ``model_error``) if it failed.
 
     Training has finished and its checkpoints are complete: a model that cannot be logged (a store
@@ -279,7 +300,7 @@ def log_backbone_model(run: tracking.RunHandle, run_dir: Path, registered_name: 
         uri = log_final_model(run, run_dir, registered_name)
     except Exception as exc:  # noqa: BLE001 - any failure here leaves the finished run as it is; say why
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        tracking.set_tags(run, {"model_error": reason})
+        set_tags(run, {MODEL_ERROR_TAG: reason})
         print(
             f"warning: the backbone could not be logged as an MLflow model ({reason}); the run is complete: "
             f"python -m pipeline.export --run {run_dir} --format state_dict --out backbone.pt writes its weights"
@@ -294,7 +315,7 @@ def _fit(
     run_name: str,
     storage: str,
     run_dir: Path,
-    run: tracking.RunHandle,
+    run: RunHandle,
     actor_specs: dict[str, Any],
     resume_from: Path | None,
 ) -> None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def print_result(result: PretrainResult) -> None:
     """Print the end-of-run summary a person reads."""
-    from pipeline.tracking import RunHandle, run_url
+    from pipeline.record.run import RunHandle, run_url
 
     knn = result.metrics.get("knn/top1")
     print("\n=== pretraining finished ===")
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.cluster import INTERRUPTED, ResourceError
     from pipeline.data.errors import DataError
     from pipeline.launch import RunActorDied, RunInterrupted, pretrain
-    from pipeline.tracking import TrackingError
+    from pipeline.record.store import TrackingError
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         INTERRUPTED.set()

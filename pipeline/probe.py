@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline import tracking
 from pipeline.checkpoints import (
     MANIFEST_FILE,
     RUN_CONFIG_FILE,
@@ -45,6 +44,7 @@ from pipeline.evaluation.metrics import (
 from pipeline.evaluation.monitor import extract_features
 from pipeline.methods import MethodContext, get_method
 from pipeline.progress import ImageProgress
+from pipeline.record.run import RunHandle, log_artifact, log_metrics, log_text, set_tags
 
 EVAL_DIR = "eval"
 ENSEMBLE = "ensemble"
@@ -329,7 +329,7 @@ def confusion_png(confusion: list[list[int]], title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def record_evaluation(result: EvaluationResult, run: tracking.RunHandle) -> None:
+def record_evaluation(result: EvaluationResult, run: RunHandle) -> None:
     """Log the result into the pretraining run: metrics, per-class CSV and confusion PNG per classifier, the table."""
     prefix = f"eval/{result.protocol}"
     step = checkpoint_epoch(Path(result.checkpoint))
@@ -338,14 +338,14 @@ def record_evaluation(result: EvaluationResult, run: tracking.RunHandle) -> None
         for name, network in result.networks.items()
         for metric, value in network.metrics().items()
     }
-    tracking.log_metrics(run, metrics, step=step)
-    tracking.set_tags(run, {f"{prefix}/settings": result.settings_key, f"{prefix}/sampling": result.sampling})
+    log_metrics(run, metrics, step=step)
+    set_tags(run, {f"{prefix}/settings": result.settings_key, f"{prefix}/sampling": result.sampling})
     artifacts = Path(result.run_dir) / EVAL_DIR / f"artifacts-{result.settings_key}"
     artifacts.mkdir(parents=True, exist_ok=True)
     for name, network in result.networks.items():
         csv = "class,accuracy\n" + "".join(f"{index},{value}\n" for index, value in enumerate(network.per_class))
-        tracking.log_text(run, csv, f"{prefix}/per_class_{name}.csv")
+        log_text(run, csv, f"{prefix}/per_class_{name}.csv")
         png = artifacts / f"confusion_{name}.png"
         confusion_png(network.confusion, f"{name}: linear probe ({result.protocol})", png)
-        tracking.log_artifact(run, png, prefix)
-    tracking.log_text(run, result.table() + "\n", f"{prefix}/table.txt")
+        log_artifact(run, png, prefix)
+    log_text(run, result.table() + "\n", f"{prefix}/table.txt")

@@ -17,7 +17,6 @@ from ray.train.torch import get_device
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline import tracking
 from pipeline.checkpoints import (
     checkpoint_epoch,
     epoch_dir_name,
@@ -35,6 +34,7 @@ from pipeline.faults import FaultHooks
 from pipeline.methods import EpochContext, Method, MethodContext, StepInfo, get_method
 from pipeline.optim import build_optimizer, lr_schedule
 from pipeline.progress import ProgressReporter, format_duration
+from pipeline.record.run import RunHandle, last_logged_step, log_metrics, log_text
 from pipeline.step import autocast_dtype, batch_to_device, train_step
 
 
@@ -291,8 +291,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     progress = ProgressReporter(loop_config.get("progress"))
     setup = _build(config, progress)
     start_epoch, global_step = _restore(setup, loop_config.get("resume_from"))
-    run = tracking.RunHandle(**loop_config["mlflow"]) if setup.rank == 0 and loop_config.get("mlflow") else None
-    logged_up_to = tracking.last_logged_step(run, "train/loss") if run else -1
+    run = RunHandle(**loop_config["mlflow"]) if setup.rank == 0 and loop_config.get("mlflow") else None
+    logged_up_to = last_logged_step(run, "train/loss") if run else -1
     faults = FaultHooks(run_dir, setup.rank, setup.world_size, config.train.inject_failure_at_epoch)
     epoch_times: list[float] = []
     for epoch in range(start_epoch, config.train.epochs):
@@ -316,9 +316,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # Metrics go to MLflow before the checkpoint: an interrupt between the two retrains this epoch, which
         # then skips logging (same seed, same values) instead of leaving the epoch unlogged forever.
         if run is not None and epoch > logged_up_to:
-            tracking.log_metrics(run, metrics, step=epoch)
+            log_metrics(run, metrics, step=epoch)
             for artifact_file, text in report.artifacts.items():
-                tracking.log_text(run, text, artifact_file)
+                log_text(run, text, artifact_file)
         _save_and_report(setup, metrics, epoch + 1, global_step)
         faults.maybe_pause("after_report", epoch + 1)
         if setup.rank == 0:

@@ -12,11 +12,12 @@ import torch
 from mlflow import MlflowClient
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
-from pipeline import tracking
 from pipeline.config import TrackingConfig
 from pipeline.data.build import build_source
 from pipeline.export import MODEL_NAME, log_final_model
 from pipeline.probe import evaluation_networks, load_run_config
+from pipeline.record import run as record_run
+from pipeline.record import store
 from tests.support.configs import Reference
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -49,15 +50,15 @@ def test_the_finished_run_has_a_backbone_model_with_the_checkpoints_features(tin
 def test_a_name_registers_it_and_a_second_report_logs_nothing(tiny_reference: Reference, mlflow_uri: str) -> None:
     run_dir = Path(tiny_reference.result.checkpoint_path).parent
     client = MlflowClient(mlflow_uri)
-    experiment = tracking.experiment_id(mlflow_uri, TrackingConfig().experiment)
-    handle = tracking.RunHandle(mlflow_uri, experiment, client.create_run(experiment).info.run_id)
+    experiment = store.experiment_id(mlflow_uri, TrackingConfig().experiment)
+    handle = record_run.RunHandle(mlflow_uri, experiment, client.create_run(experiment).info.run_id)
 
     uri = log_final_model(handle, run_dir, registered_name="tiny-backbone")
     assert log_final_model(handle, run_dir, registered_name="tiny-backbone") == uri == f"runs:/{handle.run_id}/backbone"
     assert len(client.get_run(handle.run_id).outputs.model_outputs) == 1
     (version,) = client.search_model_versions("name = 'tiny-backbone'")
     assert str(version.version) == "1" and version.run_id == handle.run_id
-    assert version.source == f"models:/{tracking.logged_model_id(handle, MODEL_NAME)}"
+    assert version.source == f"models:/{record_run.logged_model_id(handle, MODEL_NAME)}"
 
 
 def test_a_model_that_cannot_be_logged_is_a_warning_and_a_tag(
@@ -69,9 +70,9 @@ def test_a_model_that_cannot_be_logged_is_a_warning_and_a_tag(
         raise RuntimeError("this store has no model registry\nsecond line")
 
     monkeypatch.setattr(launch, "log_final_model", refuse)
-    experiment = tracking.experiment_id(mlflow_uri, "model-failure")
+    experiment = store.experiment_id(mlflow_uri, "model-failure")
     client = MlflowClient(mlflow_uri)
-    handle = tracking.RunHandle(mlflow_uri, experiment, client.create_run(experiment).info.run_id)
+    handle = record_run.RunHandle(mlflow_uri, experiment, client.create_run(experiment).info.run_id)
     assert launch.log_backbone_model(handle, tmp_path / "run", "name") is None
     assert client.get_run(handle.run_id).data.tags["model_error"] == "this store has no model registry"
     printed = capsys.readouterr().out.strip().splitlines()

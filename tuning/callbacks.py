@@ -6,7 +6,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from tuning.sweep import EPOCH_KEY, FINISHED_KEY, mark_stopped
+from pipeline.config import build_config
+from pipeline.record.sweep import mark_stopped
+from tuning.trial import EPOCH_KEY, FINISHED_KEY
 
 
 class EarlyStopRecorder(Callback):
@@ -16,4 +18,4 @@ class EarlyStopRecorder(Callback):
         """Mark ``trial``'s MLflow run as stopped early unless it reported its final figures."""
         last = trial.last_result or {}
         if not last.get(FINISHED_KEY):
-            mark_stopped(trial.config, int(last.get(EPOCH_KEY, 0)))
+            mark_stopped(build_config(trial.config["config"]).tracking, int(last.get(EPOCH_KEY, 0)))

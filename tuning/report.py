@@ -11,7 +11,6 @@ logs them all as artifacts of the sweep's parent run. Works on a sweep in progre
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import statistics
@@ -22,7 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
+from pipeline.config import TrackingConfig
+from pipeline.record.names import STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
+from pipeline.record.run import RunHandle, log_artifact, metric_history
+from pipeline.record.store import TrackingError, existing_store, resolve_tracking_uri
+from pipeline.record.sweep import child_runs, find_parent, planned_trials
 from tuning.grid import format_value
 
 LEARNING_CURVE_METRIC = "knn/top1"
@@ -51,41 +54,16 @@ class Report:
     rows: list[dict[str, Any]]
 
 
-def find_parent(uri: str, sweep: str) -> Any:
-    """Return the parent run named by ``sweep`` (a parent run id, or a sweep name); raise ValueError if none."""
-    from mlflow.exceptions import MlflowException
-
-    from tuning.sweep import SWEEP_TAG
-
-    client = tracking.mlflow_client(uri)
-    with contextlib.suppress(MlflowException):  # not a run id: look the name up instead
-        run = client.get_run(sweep)
-        if run.data.tags.get("sweep_role") == "parent":
-            return run
-    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
-    found = client.search_runs(
-        experiments, filter_string=f"tags.{SWEEP_TAG} = '{sweep}' and tags.sweep_role = 'parent'"
-    )
-    if not found:
-        raise ValueError(f"no sweep named or with parent run id {sweep!r} in {uri}")
-    return found[0]
-
-
 def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
     """Return every planned trial with its status and metric value, and the grid's metric name and mode."""
-    from pipeline.tracking import STOPPED_TAG
-    from tuning.sweep import TRIALS_ARTIFACT
-
-    client = tracking.mlflow_client(uri)
-    parent_id = parent.info.run_id
-    planned = json.loads(Path(client.download_artifacts(parent_id, TRIALS_ARTIFACT)).read_text())
+    planned = planned_trials(uri, parent.info.run_id)
     metric, mode = parent.data.params["metric"], parent.data.params["mode"]
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    children = child_runs(uri, parent)
     # A trial retried after a failure may hold several runs: the finished one, else the newest, speaks for it.
     preference = {"FINISHED": 2, "RUNNING": 1}
     by_name: dict[str, Any] = {}
     for child in sorted(children, key=lambda run: (preference.get(run.info.status, 0), run.info.start_time)):
-        by_name[child.data.tags.get("trial")] = child
+        by_name[child.data.tags.get(TRIAL_TAG)] = child
     records = []
     for trial in planned:
         child = by_name.get(trial["name"])
@@ -212,11 +190,10 @@ def plot_learning_curves(uri: str, records: list[TrialRecord], mode: str, folder
     if not finished:
         return None
     ordered = sorted(finished, key=lambda record: record.value, reverse=mode == "max")
-    client = tracking.mlflow_client(uri)
     figure, plot = plt.subplots(figsize=(6, 4))
     for label, record in (("best", ordered[0]), ("worst", ordered[-1])):
-        history = client.get_metric_history(record.run_id, LEARNING_CURVE_METRIC)
-        epochs, values = [m.step + 1 for m in history], [m.value for m in history]
+        history = metric_history(uri, record.run_id, LEARNING_CURVE_METRIC)
+        epochs, values = [step + 1 for step, _ in history], [value for _, value in history]
         plot.plot(epochs, values, marker="o", label=f"{label}: {record.name}")
     plot.set_xlabel("epoch")
     plot.set_ylabel(LEARNING_CURVE_METRIC)
@@ -230,13 +207,11 @@ def plot_learning_curves(uri: str, records: list[TrialRecord], mode: str, folder
 
 def trial_curves(uri: str, records: list[TrialRecord]) -> list[tuple[TrialRecord, list[int], list[float]]]:
     """Return each trial's kNN curve as (record, epochs from 1, values), for the trials that logged an epoch."""
-    client = tracking.mlflow_client(uri)
     curves = []
     for record in records:
-        history = client.get_metric_history(record.run_id, LEARNING_CURVE_METRIC) if record.run_id else []
+        history = metric_history(uri, record.run_id, LEARNING_CURVE_METRIC) if record.run_id else []
         if history:
-            ordered = sorted(history, key=lambda metric: metric.step)
-            curves.append((record, [m.step + 1 for m in ordered], [m.value for m in ordered]))
+            curves.append((record, [step + 1 for step, _ in history], [value for _, value in history]))
     return curves
 
 
@@ -282,7 +257,7 @@ def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
     for record in records:
         counts[record.status] += 1
     status = ", ".join(f"{count} {state.lower()}" for state, count in sorted(counts.items()))
-    title = f"## Sweep {parent.data.tags.get('sweep', sweep)} ({metric}, {mode}; {status})"
+    title = f"## Sweep {parent.data.tags.get(SWEEP_TAG, sweep)} ({metric}, {mode}; {status})"
     markdown = f"{title}\n\n{markdown_table(rows, axes, metric)}\n"
     (folder / "report.md").write_text(markdown)
     write_csv(rows, axes, folder / "report.csv")
@@ -290,9 +265,9 @@ def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
     for curves in (plot_learning_curves(uri, records, mode, folder), plot_all_learning_curves(uri, records, folder)):
         if curves is not None:
             files.append(curves)
-    handle = tracking.RunHandle(uri, parent.info.experiment_id, parent.info.run_id)
+    handle = RunHandle(uri, parent.info.experiment_id, parent.info.run_id)
     for path in files:
-        tracking.log_artifact(handle, path, "report")
+        log_artifact(handle, path, "report")
     return Report(markdown, folder, rows)
 
 
@@ -303,12 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow store [the default store: sqlite:///mlflow.db here]")
     parser.add_argument("--out", help="folder for the report files [a temporary folder]")
     args = parser.parse_args(argv)
-    from pipeline.config import TrackingConfig
-
     try:
-        uri = tracking.existing_store(args.tracking_uri or tracking.resolve_tracking_uri(TrackingConfig()))
+        uri = existing_store(args.tracking_uri or resolve_tracking_uri(TrackingConfig()))
         report = write_report(uri, args.sweep, Path(args.out) if args.out else None)
-    except (ValueError, tracking.TrackingError) as exc:
+    except (ValueError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(report.markdown)

@@ -16,30 +16,21 @@ stops the weaker ones at its rungs; a stopped trial's run ends KILLED with the t
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline import tracking
 from pipeline.config import ConfigError, ExperimentConfig, build_config, with_overrides
-from pipeline.tracking import STOPPED_TAG
+from pipeline.record import sweep as sweep_record
+from pipeline.record.names import SWEEP_TAG
+from pipeline.record.store import TrackingError, reachable_store
 from tuning.grid import Grid, GridError, load_grid, parse_assignments
+from tuning.report import write_report
+from tuning.trial import EPOCH_KEY, FINISHED_KEY, run_trial
 
-SWEEP_TAG = "sweep"
-ERROR_TAG = "error"
-# On a trial's child run that an interrupted sweep left unfinished: when, and that a re-run resumes it.
-INTERRUPTED_TAG = "interrupted"
-TRIALS_ARTIFACT = "trials.json"
 # The trial's own driver needs no CPU of its own: its TorchTrainer's workers reserve the real ones.
 TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
-# Reported with a trial's final figures: Tune's results carry bookkeeping keys even for trials that never reported.
-FINISHED_KEY = "sweep/finished"
-EPOCH_KEY = "epoch"
-PROGRESS_POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -83,96 +74,6 @@ class SweepOutcome:
         return {"KILLED": 130, "FAILED": 1, "FINISHED": 0}[self.status]
 
 
-def trial_metrics(result: Any, config: ExperimentConfig) -> dict[str, float]:
-    """Return a finished pretraining's figures for Tune, named as in MLflow: last epoch's and ``eval/...`` ones."""
-    protocol = config.eval.linear.protocol
-    metrics = {key: float(value) for key, value in result.metrics.items() if isinstance(value, int | float)}
-    for network, figures in (result.evaluation or {}).items():
-        metrics.update({f"eval/{protocol}/{network}/{key}": float(value) for key, value in figures.items()})
-    return {**metrics, EPOCH_KEY: float(config.train.epochs), FINISHED_KEY: 1.0}
-
-
-def run_trial(trial_config: dict[str, Any]) -> None:
-    """Tune's function trainable: pretrain (and evaluate) one grid point, then report its final metrics."""
-    from ray import tune
-
-    from pipeline.launch import pretrain
-
-    config = build_config(trial_config["config"])
-    progress = trial_config.get("progress_metric")
-    try:
-        result = pretrain(config) if progress is None else pretrain_reporting(config, progress)
-    except Exception as exc:
-        record_failure(config, exc)
-        raise
-    tune.report(trial_metrics(result, config))
-
-
-def pretrain_reporting(config: ExperimentConfig, metric: str) -> Any:
-    """Return ``pretrain(config)``'s result after reporting each epoch's ``metric`` to Tune as it lands in MLflow.
-
-    Training runs in a thread; this one reads the trial's MLflow run every few seconds, so a scheduler
-    (ASHA) can stop the trial between epochs without any hook inside the training workers.
-    """
-    from ray import tune
-
-    from pipeline.launch import pretrain
-
-    outcome: dict[str, Any] = {}
-
-    def train() -> None:
-        try:
-            outcome["result"] = pretrain(config)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's own thread below
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=train, name="pretrain", daemon=True)
-    worker.start()
-    client, reported, child = tracking.mlflow_client(config.tracking.uri), 0, None
-    while True:
-        running = worker.is_alive()
-        # The child run is looked up until it exists, then only its metric history is read.
-        child = child or find_child(config)
-        history = sorted(client.get_metric_history(child, metric), key=lambda m: m.step) if child else []
-        for point in history[reported:]:
-            tune.report({metric: point.value, EPOCH_KEY: point.step + 1})
-        reported = len(history)
-        if not running:
-            break
-        worker.join(timeout=PROGRESS_POLL_S)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
-
-
-def find_child(config: ExperimentConfig) -> str | None:
-    """Return the id of the trial's child run in MLflow, None before it is opened."""
-    client = tracking.mlflow_client(config.tracking.uri)
-    experiment_id = tracking.experiment_id(config.tracking.uri, config.tracking.experiment)
-    trial = config.tracking.tags["trial"]
-    found = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{config.tracking.parent_run_id}' and tags.trial = '{trial}'",
-    )
-    return found[0].info.run_id if found else None
-
-
-def record_failure(config: ExperimentConfig, error: BaseException) -> None:
-    """Tag the trial's child run with ``error`` (creating a FAILED one when it failed before opening its run)."""
-    client = tracking.mlflow_client(config.tracking.uri)
-    experiment_id = tracking.experiment_id(config.tracking.uri, config.tracking.experiment)
-    child = find_child(config)
-    message = (str(error).strip().splitlines() or [type(error).__name__])[-1][:5000]
-    if child:
-        # A trial the scheduler stopped errors as its workers are torn down: that is no failure to record.
-        if STOPPED_TAG not in client.get_run(child).data.tags:
-            client.set_tag(child, ERROR_TAG, message)
-        return
-    tags = {**config.tracking.tags, tracking.PARENT_TAG: config.tracking.parent_run_id, ERROR_TAG: message}
-    run = client.create_run(experiment_id, tags=tags, run_name=config.tracking.run_name)
-    client.set_terminated(run.info.run_id, status="FAILED")
-
-
 def grid_trials_record(grid: Grid) -> list[dict[str, Any]]:
     """Return the JSON record of the grid's trials (name, axis values, seed) kept with the parent run."""
     return [{"name": t.name, "axis_values": t.axis_values, "seed": t.seed} for t in grid.trials]
@@ -200,32 +101,17 @@ def plan_sweep(grid: Grid, uri: str, tune_path: Path) -> SweepPlan:
 
 def find_or_create_parent(uri: str, experiment: str, grid: Grid) -> str:
     """Return the id of the sweep's parent run: the one tagged with its name, else a new one holding the grid."""
-    client = tracking.mlflow_client(uri)
-    experiment_id = tracking.experiment_id(uri, experiment)
-    found = client.search_runs(
-        [experiment_id], filter_string=f"tags.{SWEEP_TAG} = '{grid.sweep_name}' and tags.sweep_role = 'parent'"
-    )
-    if found:
-        parent = found[0].info.run_id
-        recorded = json.loads(Path(client.download_artifacts(parent, TRIALS_ARTIFACT)).read_text())
-        if recorded != json.loads(json.dumps(grid_trials_record(grid))):
-            raise GridError(
-                f"sweep {grid.sweep_name} already exists (MLflow run {parent}) with other trials: "
-                f"rename the grid or remove the old sweep to run a changed grid"
-            )
-        client.update_run(parent, status="RUNNING")
-        return parent
-    tags = {SWEEP_TAG: grid.sweep_name, "sweep_role": "parent", "grid": str(grid.path)}
-    run = client.create_run(experiment_id, tags=tags, run_name=grid.sweep_name)
-    handle = tracking.RunHandle(uri, experiment_id, run.info.run_id)
     spec = grid.spec
-    tracking.log_params(
-        handle,
-        {"grid": spec.name, "quick": grid.quick, "metric": spec.metric, "mode": spec.mode, "trials": len(grid.trials)},
+    params = {
+        "grid": spec.name,
+        "quick": grid.quick,
+        "metric": spec.metric,
+        "mode": spec.mode,
+        "trials": len(grid.trials),
+    }
+    return sweep_record.find_or_create_parent(
+        uri, experiment, grid.sweep_name, grid_trials_record(grid), params, grid.path
     )
-    tracking.log_text(handle, json.dumps(grid_trials_record(grid), indent=2), TRIALS_ARTIFACT)
-    tracking.log_text(handle, grid.path.read_text(), f"grid/{grid.path.name}")
-    return run.info.run_id
 
 
 def actor_demand(config: ExperimentConfig) -> dict[str, float]:
@@ -281,68 +167,6 @@ def asha_scheduler(grid: Grid) -> Any:
     )
 
 
-def mark_stopped(trial_config: dict[str, Any], epochs: int) -> None:
-    """End the MLflow run of a trial the scheduler stopped: status KILLED, tag ``stopped_early`` = epochs trained."""
-    config = build_config(trial_config["config"])
-    child = find_child(config)
-    if child is not None:
-        client = tracking.mlflow_client(config.tracking.uri)
-        client.set_tag(child, STOPPED_TAG, str(epochs))
-        end_killed(client, child)
-
-
-def settle_stopped(trial_config: dict[str, Any]) -> bool:
-    """Return whether the scheduler stopped the trial; if so end its run KILLED, without an ``error`` tag.
-
-    Called once Tune has ended every trial: a stopped trial's processes may have written FAILED and an
-    error after ``mark_stopped`` ran, while its workers were being torn down.
-    """
-
-    config = build_config(trial_config["config"])
-    child = find_child(config)
-    client = tracking.mlflow_client(config.tracking.uri)
-    if child is None or STOPPED_TAG not in client.get_run(child).data.tags:
-        return False
-    end_killed(client, child)
-    return True
-
-
-def end_killed(client: Any, run_id: str) -> None:
-    """End a stopped trial's run KILLED and drop any ``error`` tag its torn-down workers left."""
-    run = client.get_run(run_id)
-    if ERROR_TAG in run.data.tags:
-        client.delete_tag(run_id, ERROR_TAG)
-    if run.info.status != "KILLED":
-        client.set_terminated(run_id, status="KILLED")
-
-
-def end_interrupted(config: ExperimentConfig) -> bool:
-    """Return whether the trial's child run was left RUNNING by an interrupt; if so end it KILLED, tagged why.
-
-    Tune stops an interrupted trial's driver without letting it record its end, so the sweep does it.
-    """
-    child = find_child(config)
-    if child is None:
-        return False
-    client = tracking.mlflow_client(config.tracking.uri)
-    if client.get_run(child).info.status != "RUNNING":
-        return False
-    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    client.set_tag(child, INTERRUPTED_TAG, f"{when}: the sweep was interrupted; run it again to resume this trial")
-    client.set_terminated(child, status="KILLED")
-    return True
-
-
-def end_parent(plan: SweepPlan, status: str, reason: str | None) -> None:
-    """End the sweep's parent run with ``status``: the ``error`` tag says why it did not finish (dropped if it did)."""
-    client = tracking.mlflow_client(plan.tracking_uri)
-    if reason is not None:
-        client.set_tag(plan.parent_run_id, ERROR_TAG, reason)
-    elif ERROR_TAG in client.get_run(plan.parent_run_id).data.tags:
-        client.delete_tag(plan.parent_run_id, ERROR_TAG)
-    client.set_terminated(plan.parent_run_id, status=status)
-
-
 def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]:
     """Run (or resume) the sweep until it ends or is interrupted; return its plan and how it ended."""
     from ray import tune
@@ -355,7 +179,7 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
     # Every check that can refuse the sweep runs before its MLflow parent run exists: storage, store, resources.
     storage = storage_root(reference.ray)
     check_storage(storage)
-    uri = tracking.reachable_store(reference.tracking)
+    uri = reachable_store(reference.tracking)
     ensure_ray(reference.ray)
     concurrent = check_cluster({trial.name: trial.config for trial in grid.trials}, max_concurrent)
     plan = plan_sweep(grid, uri, Path(storage) / "sweeps" / grid.sweep_name)
@@ -393,8 +217,11 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
         # The parent run exists by now: however Tune itself ends, it must not stay RUNNING.
         interrupted = isinstance(exc, KeyboardInterrupt)
         detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        end_parent(
-            plan, "KILLED" if interrupted else "FAILED", f"{'interrupted' if interrupted else 'Tune failed'}: {detail}"
+        sweep_record.end_parent(
+            plan.tracking_uri,
+            plan.parent_run_id,
+            "KILLED" if interrupted else "FAILED",
+            f"{'interrupted' if interrupted else 'Tune failed'}: {detail}",
         )
         raise
     failed, finished, stopped = [], set(), []
@@ -404,12 +231,16 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
             failed.append((name, str(result.error).strip().splitlines()[-1]))
         elif (result.metrics or {}).get(FINISHED_KEY):
             finished.add(name)
-        elif grid.spec.search == "asha" and result.config and settle_stopped(result.config):
+        elif (
+            grid.spec.search == "asha"
+            and result.config
+            and sweep_record.settle_stopped(build_config(result.config["config"]).tracking)
+        ):
             stopped.append(name)
     done = finished | set(stopped) | {name for name, _ in failed}
     unfinished = [trial.name for trial in grid.trials if trial.name not in done]
     for name in unfinished:
-        end_interrupted(plan.configs[name])
+        sweep_record.end_interrupted(plan.configs[name].tracking)
     return plan, SweepOutcome(failed, unfinished, stopped)
 
 
@@ -433,12 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"grid {grid.path}: {len(grid.trials)} trials over {', '.join(grid.axes) or 'no axis'} (all validated)")
 
     from pipeline.cluster import ResourceError
-    from pipeline.tracking import TrackingError
-    from tuning.report import write_report
 
     try:
         plan, outcome = run_sweep(grid, args.max_concurrent)
-    except (ConfigError, GridError, ResourceError, TrackingError) as exc:
+    except (ConfigError, GridError, ResourceError, TrackingError, sweep_record.SweepRecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for name, error in outcome.failed:
@@ -446,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in outcome.stopped:
         print(f"trial {name} stopped early by ASHA")
     # Ended before the report is written: a report that fails must not leave the parent RUNNING.
-    end_parent(plan, outcome.status, outcome.reason)
+    sweep_record.end_parent(plan.tracking_uri, plan.parent_run_id, outcome.status, outcome.reason)
     report = write_report(plan.tracking_uri, plan.parent_run_id)
     print(report.markdown)
     print(f"report files in {report.folder} (also artifacts of MLflow run {plan.parent_run_id})")

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipeline import tracking
 from pipeline.config import TrackingConfig
+from pipeline.record import run as record_run
+from pipeline.record import store
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCESSES = 3
@@ -24,17 +25,18 @@ PROCESSES = 3
 FIRST_USE = """
 import pathlib, sys, time
 import mlflow.store.tracking.sqlalchemy_store
-from pipeline import tracking
+from pipeline.record import store
+from pipeline.record import run as record_run
 from pipeline.config import TrackingConfig
 
 uri, go, ready, index = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3]), int(sys.argv[4])
 ready.touch()
 while not go.exists():
     time.sleep(0.005)
-tracking.check_store(uri)
-handle, _ = tracking.open_run(uri, TrackingConfig(uri=uri), f"process-{index}", {"index": index})
-tracking.log_metrics(handle, {"index": float(index)}, step=0)
-tracking.finish_run(handle, "FINISHED")
+store.check_store(uri)
+handle, _ = record_run.open_run(uri, TrackingConfig(uri=uri), f"process-{index}", {"index": index})
+record_run.log_metrics(handle, {"index": float(index)}, step=0)
+record_run.finish_run(handle, "FINISHED")
 """
 
 
@@ -61,6 +63,6 @@ def test_first_use_of_a_new_store_by_several_processes_at_once_leaves_it_working
     runs = client.search_runs([experiment.experiment_id for experiment in experiments])
     assert sorted(run.info.run_name for run in runs) == [f"process-{index}" for index in range(PROCESSES)]
     assert {run.info.status for run in runs} == {"FINISHED"}
-    handle, _ = tracking.open_run(uri, TrackingConfig(uri=uri), "after", {})
-    tracking.finish_run(handle, "FINISHED")
-    assert (tmp_path / f"mlflow.db{tracking.LOCK_SUFFIX}").is_file()
+    handle, _ = record_run.open_run(uri, TrackingConfig(uri=uri), "after", {})
+    record_run.finish_run(handle, "FINISHED")
+    assert (tmp_path / f"mlflow.db{store.LOCK_SUFFIX}").is_file()

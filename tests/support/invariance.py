@@ -183,9 +183,7 @@ def relative_error(reference: StepResult, other: StepResult) -> float:
     return max(errors)
 
 
-def worker(
-    rank: int, world: int, cases: dict[str, tuple[str, dict[str, Any]]], init_file: str, out_dir: str
-) -> None:
+def worker(rank: int, world: int, cases: dict[str, tuple[str, dict[str, Any]]], init_file: str, out_dir: str) -> None:
     """Run every case (method name and overrides, by case id) on this rank of a gloo group; rank 0 saves them."""
     torch.set_num_threads(1)  # two ranks on a 2-core machine: one thread each, no oversubscription
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

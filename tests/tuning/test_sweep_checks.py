@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import tracking
 from pipeline.cluster import ResourceError
 from pipeline.config import ConfigError
+from pipeline.record import names, store
 from tests.support.configs import TINY
 from tuning import report, sweep
 from tuning.grid import load_grid
@@ -29,11 +29,11 @@ def write_grid(tmp_path: Path, **fixed: object) -> Path:
 def test_an_unusable_storage_path_stops_the_sweep_before_its_parent_run(tmp_path: Path) -> None:
     blocker = tmp_path / "runs"
     blocker.write_text("a file where the run folders should go\n")
-    store = tmp_path / "mlflow.db"
-    grid = load_grid(write_grid(tmp_path, **{"ray.storage_path": str(blocker), "tracking.uri": f"sqlite:///{store}"}))
+    database = tmp_path / "mlflow.db"
+    grid = load_grid(write_grid(tmp_path, **{"ray.storage_path": str(blocker), "tracking.uri": f"sqlite:///{database}"}))
     with pytest.raises(ConfigError, match=f"ray.storage_path = '{blocker}' cannot hold runs: {blocker} is a file"):
         sweep.run_sweep(grid, max_concurrent=1)
-    assert not store.exists()
+    assert not database.exists()
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -42,7 +42,7 @@ def test_a_sweep_refused_for_resources_refuses_before_its_parent_run(tmp_path: P
     grid = load_grid(write_grid(tmp_path, **fixed))
     with pytest.raises(ResourceError, match=r"trial checks-000: .* 8 CPU wanted, 2 in the cluster"):
         sweep.run_sweep(grid, max_concurrent=1)
-    client = tracking.mlflow_client(mlflow_uri)
+    client = store.mlflow_client(mlflow_uri)
     experiments = [experiment.experiment_id for experiment in client.search_experiments()]
     assert (client.search_runs(experiments) if experiments else []) == []
 
@@ -56,7 +56,7 @@ def test_report_on_a_mistyped_store_is_one_line_and_creates_nothing(
         f"error: no MLflow store at {typo} (from sqlite:///{typo}): check the store URI"
     ]
     assert not typo.exists()
-    tracking.check_store(mlflow_uri)
+    store.check_store(mlflow_uri)
     capsys.readouterr()  # MLflow's own lines while it creates the store
     assert report.main(["--sweep", "anything", "--tracking-uri", mlflow_uri]) == 2
     assert capsys.readouterr().err.splitlines() == [
@@ -79,4 +79,4 @@ def test_a_sweep_whose_tuner_crashes_ends_its_parent_failed_with_the_reason(
         sweep.run_sweep(grid, max_concurrent=1)
     parent = report.find_parent(mlflow_uri, "checks")
     assert parent.info.status == "FAILED"
-    assert parent.data.tags[sweep.ERROR_TAG] == "Tune failed: OSError: disk full"
+    assert parent.data.tags[names.ERROR_TAG] == "Tune failed: OSError: disk full"

@@ -1,5 +1,6 @@
-"""A trial ASHA stopped ends KILLED with its ``stopped_early`` tag, whatever its torn-down workers write after the
-stop: the race the Ray sweep test once lost (the trial's own FAILED landed after the driver's KILLED)."""
+"""How a sweep trial's run ends in MLflow. A trial ASHA stopped ends KILLED with its ``stopped_early`` tag, whatever
+its torn-down workers write after the stop: the race the Ray sweep test once lost (the trial's own FAILED landed
+after the driver's KILLED). A failure is recorded; an interrupted trial left RUNNING is ended KILLED."""
 
 from __future__ import annotations
 
@@ -7,21 +8,21 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipeline import tracking
 from pipeline.config import ExperimentConfig
+from pipeline.record import names, store, sweep
+from pipeline.record import run as record_run
 from tests.support.configs import tiny_config
-from tuning import report, sweep
 
 
 def trial_config(tmp_path: Path, mlflow_uri: str) -> tuple[ExperimentConfig, str]:
     """Return a trial's config pointing at a fresh parent run, and that trial's child run id."""
     client = MlflowClient(mlflow_uri)
-    experiment = tracking.experiment_id(mlflow_uri, "contrastive")
+    experiment = store.experiment_id(mlflow_uri, "contrastive")
     parent = client.create_run(experiment, run_name="sweep").info.run_id
     config = tiny_config(
         tmp_path, mlflow_uri, **{"tracking.parent_run_id": parent, "tracking.tags": {"trial": "grid-001"}}
     )
-    tags = {tracking.PARENT_TAG: parent, "trial": "grid-001"}
+    tags = {names.PARENT_TAG: parent, "trial": "grid-001"}
     child = client.create_run(experiment, tags=tags, run_name="grid-001").info.run_id
     return config, child
 
@@ -31,49 +32,39 @@ def test_a_stopped_trials_late_failure_is_not_recorded_and_the_sweep_settles_it_
 ) -> None:
     config, child = trial_config(tmp_path, mlflow_uri)
     client = MlflowClient(mlflow_uri)
-    handle = tracking.RunHandle(mlflow_uri, client.get_run(child).info.experiment_id, child)
-    assert not tracking.stopped_by_scheduler(handle)
-    as_tune_has_it = {"config": config.model_dump(mode="json")}
-    assert not sweep.settle_stopped(as_tune_has_it)
+    handle = record_run.RunHandle(mlflow_uri, client.get_run(child).info.experiment_id, child)
+    assert not record_run.stopped_by_scheduler(handle)
+    assert not sweep.settle_stopped(config.tracking)
 
-    sweep.mark_stopped(as_tune_has_it, epochs=1)
-    assert tracking.stopped_by_scheduler(handle)
-    sweep.record_failure(config, RuntimeError("worker died\nActorDiedError: the placement group was removed"))
+    sweep.mark_stopped(config.tracking, epochs=1)
+    assert record_run.stopped_by_scheduler(handle)
+    sweep.record_failure(config.tracking, RuntimeError("worker died\nActorDiedError: the placement group was removed"))
     assert "error" not in client.get_run(child).data.tags
 
     # The order the CI run saw: the trial's processes write FAILED and an error after the driver's KILLED.
     client.set_tag(child, "error", "ActorDiedError")
     client.set_terminated(child, status="FAILED")
-    assert sweep.settle_stopped(as_tune_has_it)
+    assert sweep.settle_stopped(config.tracking)
     settled = client.get_run(child)
     assert settled.info.status == "KILLED"
-    assert settled.data.tags[tracking.STOPPED_TAG] == "1" and "error" not in settled.data.tags
+    assert settled.data.tags[names.STOPPED_TAG] == "1" and "error" not in settled.data.tags
 
 
 def test_a_failure_of_a_trial_that_was_not_stopped_is_recorded(tmp_path: Path, mlflow_uri: str) -> None:
     config, child = trial_config(tmp_path, mlflow_uri)
-    sweep.record_failure(config, RuntimeError("Traceback ...\nValueError: loss is nan"))
+    sweep.record_failure(config.tracking, RuntimeError("Traceback ...\nValueError: loss is nan"))
     run = MlflowClient(mlflow_uri).get_run(child)
-    assert run.data.tags["error"] == "ValueError: loss is nan" and tracking.STOPPED_TAG not in run.data.tags
+    assert run.data.tags["error"] == "ValueError: loss is nan" and names.STOPPED_TAG not in run.data.tags
 
 
 def test_an_interrupted_trial_left_running_is_ended_killed_with_the_reason(tmp_path: Path, mlflow_uri: str) -> None:
     config, child = trial_config(tmp_path, mlflow_uri)
     client = MlflowClient(mlflow_uri)
     assert client.get_run(child).info.status == "RUNNING"
-    assert sweep.end_interrupted(config)
+    assert sweep.end_interrupted(config.tracking)
     run = client.get_run(child)
-    assert run.info.status == "KILLED" and "the sweep was interrupted" in run.data.tags[sweep.INTERRUPTED_TAG]
+    assert run.info.status == "KILLED" and "the sweep was interrupted" in run.data.tags[names.INTERRUPTED_TAG]
     # A run that already ended (finished, failed, stopped) keeps its status.
     client.set_terminated(child, status="FINISHED")
-    assert not sweep.end_interrupted(config)
+    assert not sweep.end_interrupted(config.tracking)
     assert client.get_run(child).info.status == "FINISHED"
-
-
-def test_the_report_shows_an_interrupted_trial_as_interrupted_not_pending() -> None:
-    records = [
-        report.TrialRecord("grid-000", {"method.temperature": 0.1}, 0, "KILLED", None, "run0"),
-        report.TrialRecord("grid-001", {"method.temperature": 0.2}, 0, "PENDING", None, None),
-    ]
-    table = report.markdown_table(report.summarise(records, "max"), ["method.temperature"], "knn/top1")
-    assert "| 0.1 | interrupted | 0/1 | 0 |" in table and "| 0.2 | pending | 0/1 | 0 |" in table

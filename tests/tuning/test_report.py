@@ -1,4 +1,4 @@
-"""The report's figure of every trial's learning curve, from runs in a store (no Ray)."""
+"""The sweep report from runs in a store (no Ray): every trial's learning curve, interrupted trials in the table."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 import matplotlib.image
 from mlflow import MlflowClient
 
-from pipeline import tracking
-from tuning.report import TrialRecord, plot_all_learning_curves, trial_curves
+from pipeline.record import store
+from tuning.report import TrialRecord, markdown_table, plot_all_learning_curves, summarise, trial_curves
 
 
 def test_every_trial_with_an_epoch_is_drawn_and_none_without(tmp_path: Path, mlflow_uri: str) -> None:
     client = MlflowClient(mlflow_uri)
-    experiment = tracking.experiment_id(mlflow_uri, "sweep")
+    experiment = store.experiment_id(mlflow_uri, "sweep")
     records = []
     for index, (status, value, epochs) in enumerate([("FINISHED", 60.0, 3), ("KILLED", None, 1), ("FAILED", None, 0)]):
         run_id = client.create_run(experiment).info.run_id
@@ -30,3 +30,12 @@ def test_every_trial_with_an_epoch_is_drawn_and_none_without(tmp_path: Path, mlf
     height, width, _ = matplotlib.image.imread(path).shape
     assert (width, height) == (700, 450)
     assert plot_all_learning_curves(mlflow_uri, records[2:], tmp_path / "empty") is None
+
+
+def test_the_report_shows_an_interrupted_trial_as_interrupted_not_pending() -> None:
+    records = [
+        TrialRecord("grid-000", {"method.temperature": 0.1}, 0, "KILLED", None, "run0"),
+        TrialRecord("grid-001", {"method.temperature": 0.2}, 0, "PENDING", None, None),
+    ]
+    table = markdown_table(summarise(records, "max"), ["method.temperature"], "knn/top1")
+    assert "| 0.1 | interrupted | 0/1 | 0 |" in table and "| 0.2 | pending | 0/1 | 0 |" in table

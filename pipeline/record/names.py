@@ -1,0 +1,39 @@
+"""Every tag, artifact and search filter the project writes into or reads from MLflow, named once."""
+
+from __future__ import annotations
+
+PARENT_TAG = "mlflow.parentRunId"
+# On a run a sweep's scheduler stopped: the epochs it trained. Such a run stays KILLED whatever its processes report.
+STOPPED_TAG = "stopped_early"
+ERROR_TAG = "error"
+# On a finished run whose backbone could not be logged as an MLflow model: why.
+MODEL_ERROR_TAG = "model_error"
+# On a trial's child run that an interrupted sweep left unfinished: when, and that a re-run resumes it.
+INTERRUPTED_TAG = "interrupted"
+RUN_NAME_TAG = "run_name"
+RUN_DIR_TAG = "run_dir"
+METHOD_TAG = "method"
+CHECKPOINT_TAG = "checkpoint"
+SWEEP_TAG = "sweep"
+SWEEP_ROLE_TAG = "sweep_role"
+PARENT_ROLE = "parent"
+GRID_TAG = "grid"
+TRIAL_TAG = "trial"
+SEED_TAG = "seed"
+AXIS_TAG_PREFIX = "axis."
+
+CONFIG_ARTIFACT = "config.yaml"
+SUMMARY_ARTIFACT = "summary.json"
+# On a sweep's parent run: the planned trials (name, axis values, seed), so a report knows the pending ones.
+TRIALS_ARTIFACT = "trials.json"
+
+
+def sweep_parent_filter(sweep: str) -> str:
+    """Return the MLflow search filter matching the parent run of the sweep named ``sweep``."""
+    return f"tags.{SWEEP_TAG} = '{sweep}' and tags.{SWEEP_ROLE_TAG} = '{PARENT_ROLE}'"
+
+
+def children_filter(parent_run_id: str, trial: str | None = None) -> str:
+    """Return the MLflow search filter of the child runs of ``parent_run_id`` (only trial ``trial``'s if given)."""
+    found = f"tags.{PARENT_TAG} = '{parent_run_id}'"
+    return found if trial is None else f"{found} and tags.{TRIAL_TAG} = '{trial}'"
