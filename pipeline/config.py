@@ -54,6 +54,9 @@ class DataConfig(Section):
     mean: list[float] | None = None
     std: list[float] | None = None
     blur: bool | None = None
+    # Where training views are made: per image with PIL in the loader workers (the reference), or per batch on the
+    # training device, the loader then handing over fixed-size uint8 images (pipeline.data.batched_views).
+    augment_on: Literal["loader", "device"] = "loader"
     synthetic: SyntheticConfig = SyntheticConfig()
 
     @field_validator("mean", "std")

@@ -67,6 +67,11 @@ def default_patch_size(image_size: int) -> int:
     return max(8, round(64 * image_size / 224))
 
 
+def eval_resize_side(size: int) -> int:
+    """Return the evaluation view's resize side for a crop of ``size``: 256/224 of it from 64 px on, else ``size``."""
+    return round(size * 256 / 224) if size >= 64 else size
+
+
 def _to_tensor(data_cfg: DataConfig) -> list[v2.Transform]:
     """Return the steps that turn a PIL image into a plain normalised float32 tensor."""
     mean, std = normalization(data_cfg)
@@ -89,8 +94,7 @@ def step_transforms(step: Step, size: int, blur: bool) -> list[v2.Transform]:
             return []
         return [v2.RandomApply([v2.GaussianBlur(blur_kernel_size(size), sigma=step.sigma)], p=step.p)]
     if isinstance(step, ResizeCenterCrop):
-        resize = round(size * 256 / 224) if size >= 64 else size
-        return [v2.Resize(resize), v2.CenterCrop(size)]
+        return [v2.Resize(eval_resize_side(size)), v2.CenterCrop(size)]
     raise TypeError(f"unknown view step {step!r}")
 
 
