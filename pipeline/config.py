@@ -99,8 +99,11 @@ class TrainConfig(Section):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    # auto: bf16 autocast on a CUDA device, off on CPU (pipeline.step.autocast_dtype resolves it).
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
+    # torch.compile of the method's trainable networks (pipeline.compilation); eager, with one warning, if it fails.
+    compile: bool = False
     log_every_steps: int = Field(50, ge=1)
     inject_failure_at_epoch: int | None = Field(None, ge=0)
 

@@ -8,12 +8,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.compilation import first_step_guard
 from pipeline.methods.base import Method
 from pipeline.methods.context import Batch, StepInfo
 
 
-def autocast_dtype(amp: str) -> torch.dtype | None:
-    """Return the autocast dtype for ``train.amp`` (None when off)."""
+def autocast_dtype(amp: str, device: torch.device | None = None) -> torch.dtype | None:
+    """Return the autocast dtype for ``train.amp`` on ``device`` (None when off).
+
+    ``auto`` is bf16 on a CUDA device and off elsewhere (and off when no device is given): bf16 autocast
+    slows the step on CPUs without bf16 matrix units, and needs no loss scaling on GPUs.
+    """
+    if amp == "auto":
+        return torch.bfloat16 if device is not None and device.type == "cuda" else None
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
@@ -23,11 +30,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
 
 
 def to_device(value: Any, device: torch.device, channels_last: bool) -> Any:
-    """Return ``value`` (tensor or nested dict of tensors) on ``device``; 4-D images optionally channels-last."""
+    """Return ``value`` (tensor or nested dict of tensors) on ``device``; images optionally channels-last.
+
+    4-D images ``[B, C, H, W]`` become channels-last; 5-D image groups ``[B, N, C, H, W]`` (CPC's patch grid)
+    are laid out so that each image is, and flattening them to ``[B*N, C, H, W]`` stays a channels-last view.
+    """
     if isinstance(value, dict):
         return {key: to_device(item, device, channels_last) for key, item in value.items()}
     if channels_last and value.dim() == 4:
         return value.to(device, non_blocking=True, memory_format=torch.channels_last)
+    if channels_last and value.dim() == 5:
+        moved = value.to(device, non_blocking=True)
+        return moved.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     return value.to(device, non_blocking=True)
 
 
@@ -53,14 +67,20 @@ def train_step(
 ) -> dict[str, torch.Tensor]:
     """Return the step's detached losses after forward, backward, optimiser and scaler steps and ``on_step_end``.
 
-    ``model`` is what runs the forward pass (the DDP wrapper, or ``method`` itself on one process).
+    ``model`` is what runs the forward pass (the DDP wrapper, or ``method`` itself on one process). The first
+    step after ``compile_networks`` falls back to eager if compilation fails (``first_step_guard``).
     """
     for group in optimizer.param_groups:
         group["lr"] = learning_rate
-    with autocast(batch.labels.device, amp_dtype):
-        losses = model(batch, step)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(losses["loss"]).backward()
+
+    def forward_backward() -> dict[str, torch.Tensor]:
+        with autocast(batch.labels.device, amp_dtype):
+            losses = model(batch, step)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        return losses
+
+    losses = first_step_guard(method, forward_backward)
     scaler.step(optimizer)
     scaler.update()
     method.on_step_end()

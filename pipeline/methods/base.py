@@ -84,6 +84,23 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
     def evaluation_networks(self) -> dict[str, nn.Module]:
         """Return the networks whose pooled features are evaluated, by name; ``"backbone"`` comes first."""
 
+    def compiled_networks(self) -> list[nn.Module]:
+        """Return the sub-networks ``train.compile`` compiles in place: by default every trainable direct child.
+
+        Containers (ModuleDict, ModuleList) are opened; frozen children (momentum encoders) and children
+        without parameters (queues) stay eager. Each returned module must be called (``module(x)``, not one
+        of its other methods) by ``forward``, or compiling it changes nothing: a method that calls e.g.
+        ``backbone.forward_stages`` returns the modules that call reaches instead.
+        """
+        networks: list[nn.Module] = []
+        for child in self.children():
+            if isinstance(child, nn.ModuleDict):
+                parts = list(child.values())
+            else:
+                parts = list(child) if isinstance(child, nn.ModuleList) else [child]
+            networks += [part for part in parts if any(weight.requires_grad for weight in part.parameters())]
+        return networks
+
     def on_epoch_start(self, context: EpochContext) -> None:
         """Prepare for an epoch (e.g. rebuild prototypes) before its first step."""
 

@@ -98,6 +98,11 @@ class Cpc(Method[CpcConfig]):
         """Return the patch-grid encoder: the mean patch vector of the evaluation view's grid."""
         return {"backbone": self.encoder}
 
+    def compiled_networks(self) -> list[nn.Module]:
+        """Return the patch backbone and each direction's networks (``patch_vectors`` calls the backbone)."""
+        others = [network for network in super().compiled_networks() if network is not self.encoder]
+        return [self.encoder.backbone, *others]
+
     def predict(self, vectors: Tensor, direction: str) -> tuple[Tensor, Tensor]:
         """Return the oriented targets [B, G, G, T] and predictions [B, G, G, K, T] of one direction.
 

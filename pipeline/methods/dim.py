@@ -65,6 +65,10 @@ class Dim(Method[DimConfig]):
         """Return the backbone."""
         return {"backbone": self.backbone}
 
+    def compiled_networks(self) -> list[nn.Module]:
+        """Return the backbone's stages and both heads: ``encode`` reaches the backbone through ``forward_stages``."""
+        return [*self.backbone.stage_modules(), self.global_head, self.local_head]
+
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return the global vectors ``[B, D]`` and the local features ``[B, D, P]`` of ``images``."""
         maps = self.backbone.forward_stages(images)

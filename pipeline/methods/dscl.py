@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.ops import roi_align
 
 from pipeline.config import ExperimentConfig
@@ -66,6 +67,11 @@ class Scl(MoCo):
         else:
             query = MOCO_V2
         return {"query": query, "key": DSCL_KEY}
+
+    def compiled_networks(self) -> list[nn.Module]:
+        """Return the online backbone's stages and head: ``forward`` calls them apart (``forward_map``, pooling)."""
+        online: Encoder = self.online
+        return [*online.backbone.stage_modules(), online.head]
 
     def supervised_loss(
         self,

@@ -99,6 +99,10 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown stage {name!r}; expected one of {', '.join(self.stage_names)}")
         return self.stage_names.index(name)
 
+    def stage_modules(self) -> list[nn.Module]:
+        """Return the stage modules (layer1 to layer4), in order."""
+        return [getattr(self, name) for name in self.stage_names]
+
     def stages_after(self, name: str) -> list[nn.Module]:
         """Return the stage modules that follow stage ``name``, in order."""
         return [getattr(self, later) for later in self.stage_names[self.stage_index(name) + 1 :]]
