@@ -10,11 +10,21 @@ step's FLOPs per image (matmuls and convolutions of forward and backward, counte
 ``torch.utils.flop_counter``), the TFLOP/s achieved and, on a known GPU (or with ``--peak-tflops``), the
 model-FLOP utilisation against its dense bf16 peak.
 Each measurement runs in a fresh process, so its memory figure is its own: the process's peak RSS
-growth on CPU, the peak allocated CUDA memory on a GPU. On CUDA, ``--amp bf16 --channels-last``
-measure the fast path. ``--queue-sizes`` measures queue-based methods at each length and
+growth on CPU, the peak allocated CUDA memory on a GPU. Numerics follow the run's defaults (``train.amp``,
+``train.channels_last``, ``train.compile``) unless ``--amp``, ``--channels-last on|off`` or ``--compile on|off``
+set them. ``--levers`` also measures each method with each lever flipped (channels-last, compile, and for
+methods with 5-D image views such as CPC's patch grid, those views left in the plain layout) and prints the
+ratio of the defaults' images/s to each. A compiled measurement's first step, compilation included, is
+printed as its cold start; ``--fresh-compile-cache`` starts the invocation with an empty inductor cache, so
+the first repeat of each case pays the whole compilation (later repeats reuse that cache).
+``--queue-sizes`` measures queue-based methods at each length and
 ``--baseline`` prints each method's step-time ratio to the baselines at the same stem and queue length
 (medians over ``--repeats`` interleaved measurements). A method may carry its own parameters as
 ``name:key=value,key=value`` (keys under ``method.``), e.g. ``dscl:pbsd.enabled=false``.
+On a GPU node with torch alone, every method with the run's defaults (bf16 autocast on CUDA) and each lever:
+``python benchmarks/train_step.py --stems both --levers --steps 20 --warmup 5``.
+The quickstart network on a CPU at 1 and 2 threads: ``python benchmarks/train_step.py --quickstart --levers
+--threads 1 2 --repeats 3 --fresh-compile-cache``.
 Examples: ``python benchmarks/train_step.py --methods moco supcon --steps 5``;
 ``python benchmarks/train_step.py --methods moco ascl --queue-sizes 4096 65536 --stems cifar --repeats 3``;
 ``python benchmarks/train_step.py --methods moco dscl:pbsd.enabled=false dscl --baseline moco dscl:pbsd.enabled=false``.
@@ -27,9 +37,12 @@ import multiprocessing
 import os
 import resource
 import statistics
+import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -38,6 +51,7 @@ import yaml
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
+from pipeline.compilation import compile_networks
 from pipeline.config import ExperimentConfig, load_config, with_overrides
 from pipeline.method_configs import method_config_class
 from pipeline.methods import Batch, Method, MethodContext, StepInfo, get_method, method_names
@@ -69,8 +83,13 @@ def bf16_peak_tflops(device: torch.device, override: float | None) -> float | No
     return next((peak for key, peak in BF16_PEAK_TFLOPS if key in name), None)
 
 
-def method_inputs(method_class: type[Method], config: ExperimentConfig, device: torch.device) -> Batch:
-    """Return one batch of the method's declared views of random images, collated and on ``device``."""
+def method_inputs(
+    method_class: type[Method], config: ExperimentConfig, device: torch.device, grid_channels_last: bool = True
+) -> Batch:
+    """Return one batch of the method's declared views of random images, collated and on ``device``.
+
+    ``grid_channels_last`` off leaves 5-D image groups (patch grids) in the plain layout under channels-last.
+    """
     transform = method_class.train_transform(config)
     rng = np.random.default_rng(0)
     size = config.data.image_size
@@ -81,7 +100,24 @@ def method_inputs(method_class: type[Method], config: ExperimentConfig, device: 
     views = default_collate([transform(image) for image in images])
     labels = torch.as_tensor(rng.integers(0, NUM_CLASSES, size=config.train.batch_size))
     indices = torch.arange(config.train.batch_size)
-    return batch_to_device((views, labels, indices), device, config.train.channels_last)
+    batch = batch_to_device((views, labels, indices), device, config.train.channels_last)
+    if not grid_channels_last:
+        batch.views = plain_image_groups(batch.views)
+    return batch
+
+
+def plain_image_groups(views: Any) -> Any:
+    """Return ``views`` with every 5-D image group made contiguous in the plain (channels-first) layout."""
+    if isinstance(views, dict):
+        return {key: plain_image_groups(value) for key, value in views.items()}
+    return views.contiguous() if views.dim() == 5 else views
+
+
+def has_image_groups(views: Any) -> bool:
+    """Return whether ``views`` (a tensor or nested dict) holds a 5-D image group ``[B, N, C, H, W]``."""
+    if isinstance(views, dict):
+        return any(has_image_groups(value) for value in views.values())
+    return views.dim() == 5
 
 
 def current_rss_mb() -> float:
@@ -102,62 +138,107 @@ def parse_method(spec: str) -> tuple[str, dict[str, object]]:
     return name, overrides
 
 
-def measure(
-    method_name: str, cifar_stem: bool, queue_size: int | None, args: argparse.Namespace
-) -> tuple[float, float, float]:
-    """Return images/s of ``args.steps`` timed steps after ``args.warmup`` untimed ones, peak memory in MiB and FLOPs.
+@dataclass(frozen=True)
+class Case:
+    """One line of the table: a method at a stem, queue length and thread count, under one set of levers."""
 
-    The FLOPs are those of one whole step (forward and backward), counted once before the timed steps
-    by ``torch.utils.flop_counter.FlopCounterMode``: matrix multiplications and convolutions, the
-    convention model-FLOP utilisation uses (element-wise work and the optimiser are not counted).
+    method: str
+    cifar_stem: bool
+    queue_size: int | None
+    threads: int | None
+    channels_last: bool
+    compile: bool
+    grid_channels_last: bool = True
+    variant: str = "defaults"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one measurement gives: images/s, memory in MiB, FLOPs of one step, first-step seconds."""
+
+    rate: float
+    memory: float
+    flops: float
+    first_step: float
+
+
+def experiment_config(case: Case, args: argparse.Namespace) -> ExperimentConfig:
+    """Return the config of ``case``: ResNet-18 at the benchmark's width, size, batch and batch norm."""
+    overrides: dict[str, object] = {
+        "model.backbone": "resnet18",
+        "model.cifar_stem": case.cifar_stem,
+        "model.width": args.width,
+        "data.image_size": args.size,
+        "train.batch_size": args.batch_size,
+        "train.channels_last": case.channels_last,
+    }
+    if args.batch_norm is not None:
+        overrides["model.batch_norm"] = args.batch_norm
+    if args.bn_splits is not None:
+        overrides["model.bn_splits"] = args.bn_splits
+    if args.amp is not None:
+        overrides["train.amp"] = args.amp
+    if case.queue_size is not None:
+        overrides["method.queue_size"] = case.queue_size
+    method_name, method_overrides = parse_method(case.method)
+    return with_overrides(load_config(None, [f"method.name={method_name}"]), {**overrides, **method_overrides})
+
+
+def measure(case: Case, args: argparse.Namespace) -> Measurement:
+    """Return images/s of ``args.steps`` timed steps after the untimed ones, peak memory, FLOPs and the first step.
+
+    The FLOPs are those of one whole step (forward and backward), counted eagerly before anything is
+    compiled by ``torch.utils.flop_counter.FlopCounterMode``: matrix multiplications and convolutions, the
+    convention model-FLOP utilisation uses (element-wise work and the optimiser are not counted). The first
+    step after that is timed on its own: with compile on it includes the compilation (the cold start).
     """
+    if case.threads is not None:
+        torch.set_num_threads(case.threads)
     device = torch.device(args.device)
     rss_before = current_rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    overrides = {
-        "model.backbone": "resnet18",
-        "model.cifar_stem": cifar_stem,
-        "model.batch_norm": "plain",
-        "data.image_size": args.size,
-        "train.batch_size": args.batch_size,
-        "train.amp": args.amp,
-        "train.channels_last": args.channels_last,
-    }
-    if queue_size is not None:
-        overrides["method.queue_size"] = queue_size
-    method_name, method_overrides = parse_method(method_name)
-    config = with_overrides(load_config(None, [f"method.name={method_name}"]), {**overrides, **method_overrides})
-    method_class = get_method(method_name)
+    config = experiment_config(case, args)
+    method_class = get_method(parse_method(case.method)[0])
     method_class.validate(config, world_size=1)
-    total = args.warmup + args.steps
+    total = 1 + args.warmup + args.steps
     context = MethodContext(config, 0, 1, NUM_CLASSES, total, method_class.batch_norm(config, 1))
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
     method = method_class(context).to(device, memory_format=memory_format)
     optimizer = build_optimizer(config.optim, method)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    dtype = autocast_dtype(args.amp)
-    batch = method_inputs(method_class, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
+    dtype = autocast_dtype(config.train.amp, device)
+    batch = method_inputs(method_class, config, device, case.grid_channels_last)
 
     def step(index: int) -> None:
         train_step(method, method, optimizer, scaler, batch, StepInfo(0, index, total), config.optim.lr, dtype)
 
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     with FlopCounterMode(display=False) as counter:
         step(0)
     flops = float(counter.get_total_flops())
-    for index in range(1, args.warmup):
-        step(index)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    compile_networks(method, case.compile)
+    synchronize()
     started = time.perf_counter()
-    for index in range(args.warmup, total):
+    step(1)
+    synchronize()
+    first_step = time.perf_counter() - started
+    for index in range(2, 1 + args.warmup):
         step(index)
+    synchronize()
+    started = time.perf_counter()
+    for index in range(1 + args.warmup, total):
+        step(index)
+    synchronize()
+    rate = args.steps * args.batch_size / (time.perf_counter() - started)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         memory = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         memory = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_before
-    return args.steps * args.batch_size / (time.perf_counter() - started), memory, flops
+    return Measurement(rate, memory, flops, first_step)
 
 
 def queue_sizes(method_name: str, args: argparse.Namespace) -> list[int | None]:
@@ -167,12 +248,35 @@ def queue_sizes(method_name: str, args: argparse.Namespace) -> list[int | None]:
     return [None]
 
 
+def lever_cases(base: Case, args: argparse.Namespace) -> list[Case]:
+    """Return ``base`` and, with ``--levers``, ``base`` with each lever flipped (grid layout: under channels-last)."""
+    cases = [base]
+    if not args.levers:
+        return cases
+    for lever in ("channels_last", "compile"):
+        flipped = not getattr(base, lever)
+        cases.append(replace(base, **{lever: flipped}, variant=f"{lever} {'on' if flipped else 'off'}"))
+    config = experiment_config(base, args)
+    method_class = get_method(parse_method(base.method)[0])
+    if base.channels_last and has_image_groups(method_inputs(method_class, config, torch.device("cpu")).views):
+        cases.append(replace(base, grid_channels_last=False, variant="grid channels_last off"))
+    return cases
+
+
+def switch(value: str | None, default: bool) -> bool:
+    """Return the on/off command-line ``value`` as a bool, ``default`` when it was not given."""
+    return default if value is None else value == "on"
+
+
 def main() -> None:
-    """Parse arguments and print one line per (method, stem, queue length), then ratios to the baseline."""
+    """Parse arguments and print one line per case, then the levers' and the baselines' ratios."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--methods", nargs="+", default=None, help="default: every registered method")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--width", type=int, default=64, help="ResNet-18 width (64: the standard network)")
+    parser.add_argument("--batch-norm", default="plain", help="model.batch_norm (default plain; 'run' keeps auto)")
+    parser.add_argument("--bn-splits", type=int, default=None, help="model.bn_splits (split batch norm)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps (at least 1: the first counts FLOPs)")
     parser.add_argument("--stems", choices=["both", "cifar", "standard"], default="both")
@@ -181,56 +285,94 @@ def main() -> None:
         "--baseline", nargs="+", default=["moco"], help="methods the step-time ratios are printed against"
     )
     parser.add_argument("--repeats", type=int, default=1, help="interleaved measurements per line (median shown)")
-    parser.add_argument("--amp", choices=["off", "bf16", "fp16"], default="off")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default=None, help="default: train.amp")
+    parser.add_argument("--channels-last", choices=["on", "off"], default=None, help="default: train.channels_last")
+    parser.add_argument("--compile", choices=["on", "off"], default=None, help="default: train.compile")
+    parser.add_argument("--levers", action="store_true", help="also measure each lever flipped; print the ratios")
+    parser.add_argument("--threads", nargs="+", type=int, default=None, help="CPU thread counts (default: torch's)")
+    parser.add_argument("--fresh-compile-cache", action="store_true", help="start with an empty inductor cache")
+    parser.add_argument(
+        "--quickstart",
+        action="store_true",
+        help="the quickstart's network: width 16, CIFAR stem, batch 128, split batch norm of 2, queue 1024",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for model-FLOP utilisation")
     args = parser.parse_args()
     if args.warmup < 1:
-        parser.error("--warmup must be at least 1: the first untimed step is the one whose FLOPs are counted")
+        parser.error("--warmup must be at least 1 (the first untimed step counts the FLOPs, the next one compiles)")
+    if args.quickstart:
+        args.width, args.batch_size, args.size, args.stems, args.bn_splits = 16, 128, 32, "cifar", 2
+        args.batch_norm, args.queue_sizes = "run", args.queue_sizes or [1024]
+    args.batch_norm = None if args.batch_norm == "run" else args.batch_norm
+    if args.fresh_compile_cache:
+        # Spawned measurements inherit it: each case's first repeat compiles from nothing, later ones reuse it.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cache-")
     device = torch.device(args.device)
+    defaults = load_config(None, []).train
     peak = bf16_peak_tflops(device, args.peak_tflops)
     memory_kind = "peak CUDA allocated" if device.type == "cuda" else "peak RSS growth"
+    amp = args.amp or defaults.amp
     print(
-        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else torch.get_num_threads()} "
-        f"{'GPU' if device.type == 'cuda' else 'threads'}), ResNet-18, {args.size} px, batch {args.batch_size}, "
-        f"amp {args.amp}, channels_last {args.channels_last}, median of {args.repeats}"
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), ResNet-18 "
+        f"width {args.width}, {args.size} px, batch {args.batch_size}, amp {amp} "
+        f"({autocast_dtype(amp, device)}), median of {args.repeats}"
     )
     stems = {"both": (True, False), "cifar": (True,), "standard": (False,)}[args.stems]
+    channels_last = switch(args.channels_last, defaults.channels_last)
+    compiled = switch(args.compile, defaults.compile)
     cases = [
-        (method_name, cifar_stem, queue_size)
+        case
         for method_name in args.methods or method_names()
         for cifar_stem in stems
         for queue_size in queue_sizes(method_name, args)
+        for threads in args.threads or [None]
+        for case in lever_cases(Case(method_name, cifar_stem, queue_size, threads, channels_last, compiled), args)
     ]
-    measured: dict[tuple[str, bool, int | None], list[tuple[float, float, float]]] = defaultdict(list)
+    measured: dict[Case, list[Measurement]] = defaultdict(list)
     spawn = multiprocessing.get_context("spawn")
     # Interleaving the repeats spreads slow drifts of the machine (thermal, other load) over every case alike.
     for _ in range(args.repeats):
         for case in cases:
             with spawn.Pool(1) as pool:
-                measured[case].append(pool.apply(measure, (*case, args)))
-    rates = {case: statistics.median(rate for rate, _, _ in values) for case, values in measured.items()}
+                measured[case].append(pool.apply(measure, (case, args)))
+    rates = {case: statistics.median(value.rate for value in values) for case, values in measured.items()}
     for case in cases:
-        method_name, cifar_stem, queue_size = case
-        stem = "cifar stem   " if cifar_stem else "standard stem"
-        queue = f"queue {queue_size:6d}" if queue_size is not None else " " * 12
-        memory = max(memory for _, memory, _ in measured[case])
-        step_flops = measured[case][0][2]
+        stem = "cifar stem   " if case.cifar_stem else "standard stem"
+        queue = f"queue {case.queue_size:6d}" if case.queue_size is not None else " " * 12
+        threads = f"{case.threads:2d} thr" if case.threads is not None else ""
+        levers = f"cl {'on ' if case.channels_last else 'off'} compile {'on ' if case.compile else 'off'}"
+        levers += "" if case.grid_channels_last else " grid plain"
+        memory = max(value.memory for value in measured[case])
+        step_flops = measured[case][0].flops
         achieved = step_flops / args.batch_size * rates[case] / 1e12  # TFLOP/s
         utilisation = f"  MFU {100 * achieved / peak:5.1f}% of {peak:.0f}" if peak else ""
+        first = "/".join(f"{value.first_step:.1f}" for value in measured[case])
         print(
-            f"{method_name:24s} {stem} {queue}  {rates[case]:8.1f} images/s  {memory:8.0f} MiB {memory_kind}  "
-            f"{step_flops / args.batch_size / 1e9:6.2f} GFLOP/img  {achieved:7.3f} TFLOP/s{utilisation}"
+            f"{case.method:24s} {stem} {queue} {threads} {levers:28s} {rates[case]:8.1f} images/s  "
+            f"{memory:8.0f} MiB {memory_kind}  {step_flops / args.batch_size / 1e9:6.2f} GFLOP/img  "
+            f"{achieved:7.3f} TFLOP/s{utilisation}  first step {first} s"
+        )
+    for case in cases:
+        if case.variant == "defaults":
+            continue
+        base = replace(case, channels_last=channels_last, compile=compiled, grid_channels_last=True, variant="defaults")
+        ratio = rates[base] / rates[case]
+        cold = statistics.median(value.first_step for value in measured[base]) if base.compile else None
+        print(
+            f"{case.method} defaults / {case.variant}{f' ({case.threads} threads)' if case.threads else ''}: "
+            f"x{ratio:.3f} images/s" + (f"; compiled first step {cold:.1f} s (median)" if cold is not None else "")
         )
     for reference in args.baseline:
-        for method_name, cifar_stem, queue_size in cases:
-            baseline = (reference, cifar_stem, queue_size)
-            if method_name == reference or baseline not in rates:
+        for case in cases:
+            baseline = replace(case, method=reference)
+            if case.method == reference or case.variant != "defaults" or baseline not in rates:
                 continue
-            ratio = rates[baseline] / rates[(method_name, cifar_stem, queue_size)]
-            where = f"{'cifar' if cifar_stem else 'standard'} stem" + (f", queue {queue_size}" if queue_size else "")
-            print(f"{method_name} / {reference} step time ({where}): x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
+            ratio = rates[baseline] / rates[case]
+            where = f"{'cifar' if case.cifar_stem else 'standard'} stem" + (
+                f", queue {case.queue_size}" if case.queue_size else ""
+            )
+            print(f"{case.method} / {reference} step time ({where}): x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%)")
 
 
 if __name__ == "__main__":
