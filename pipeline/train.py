@@ -25,6 +25,7 @@ from pipeline.checkpoints import (
     write_checkpoint,
 )
 from pipeline.config import ExperimentConfig, build_config
+from pipeline.data.batched_views import BatchedViews, DeviceImage, augmentation_generator
 from pipeline.data.build import build_source
 from pipeline.data.loader import EpochLoader, build_loader
 from pipeline.data.recipes import EVAL_VIEW
@@ -35,7 +36,7 @@ from pipeline.methods import EpochContext, Method, MethodContext, StepInfo, get_
 from pipeline.optim import build_optimizer, lr_schedule
 from pipeline.progress import ProgressReporter, format_duration
 from pipeline.record.run import RunHandle, last_logged_step, log_metrics, log_text
-from pipeline.step import autocast_dtype, batch_to_device, train_step
+from pipeline.step import autocast_dtype, batch_to_device, to_device, train_step
 
 
 def seed_everything(seed: int, *parts: int) -> None:
@@ -85,6 +86,7 @@ class WorkerSetup:
     num_classes: int
     learning_rates: np.ndarray
     progress: ProgressReporter
+    device_views: BatchedViews | None  # data.augment_on = device: the views, made per batch after the transfer
 
     @property
     def total_steps(self) -> int:
@@ -101,7 +103,9 @@ def _build(config: ExperimentConfig, progress: ProgressReporter) -> WorkerSetup:
     method_class = get_method(config.method.name)
     data, workers = config.data, config.data.num_workers
 
-    train_source = build_source(data, "train", transform=method_class.train_transform(config))
+    device_views = BatchedViews(method_class.views(config), data) if data.augment_on == "device" else None
+    transform = DeviceImage(data) if device_views is not None else method_class.train_transform(config)
+    train_source = build_source(data, "train", transform=transform)
     train_loader = build_loader(train_source, local_batch, rank, world_size, True, True, data.seed, workers)
     if len(train_loader) == 0:
         raise ValueError(
@@ -146,6 +150,7 @@ def _build(config: ExperimentConfig, progress: ProgressReporter) -> WorkerSetup:
         num_classes=train_source.num_classes,
         learning_rates=learning_rates,
         progress=progress,
+        device_views=device_views,
     )
 
 
@@ -195,11 +200,14 @@ def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, faults: Fault
     config, device = setup.config, setup.device
     amp_dtype = autocast_dtype(config.train.amp)
     setup.train_loader.set_epoch(epoch)
+    generator = augmentation_generator(device, config.train.seed, setup.rank, epoch)
     steps = len(setup.train_loader)
     sums: dict[str, torch.Tensor] = {}
     started = time.perf_counter()
     for step_in_epoch, raw in enumerate(setup.train_loader):
         batch = batch_to_device(raw, device, config.train.channels_last)
+        if setup.device_views is not None:
+            batch.views = to_device(setup.device_views(batch.views, generator), device, config.train.channels_last)
         losses = train_step(
             setup.model,
             setup.method,

@@ -282,6 +282,8 @@ def test_jitter_in_each_images_own_order_matches_torchvision() -> None:
     jitter = BatchedColorJitter(JITTER)
     params = jitter.sample(batch, generator(3))
     out = jitter.apply(batch, params)
+    assert 0 < params.applied.sum() < 64
+    assert torch.equal(out[~params.applied], batch[~params.applied])
     for index in range(64):
         expected = batch[index]
         if params.applied[index]:
