@@ -25,6 +25,8 @@ On a GPU node with torch alone, every method with the run's defaults (bf16 autoc
 ``python benchmarks/train_step.py --stems both --levers --steps 20 --warmup 5``.
 The quickstart network on a CPU at 1 and 2 threads: ``python benchmarks/train_step.py --quickstart --levers
 --threads 1 2 --repeats 3 --fresh-compile-cache``.
+``--augment-on device`` counts the batched augmentation (``data.augment_on: device``) in every timed step: the
+views are made afresh from a uint8 batch on the device before each step (the FLOPs stay the model's).
 Examples: ``python benchmarks/train_step.py --methods moco supcon --steps 5``;
 ``python benchmarks/train_step.py --methods moco ascl --queue-sizes 4096 65536 --stems cifar --repeats 3``;
 ``python benchmarks/train_step.py --methods moco dscl:pbsd.enabled=false dscl --baseline moco dscl:pbsd.enabled=false``.
@@ -40,6 +42,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,10 +56,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.compilation import compile_networks
 from pipeline.config import ExperimentConfig, load_config, with_overrides
+from pipeline.data.batched_views import BatchedViews
 from pipeline.method_configs import method_config_class
 from pipeline.methods import Batch, Method, MethodContext, StepInfo, get_method, method_names
 from pipeline.optim import build_optimizer
-from pipeline.step import autocast_dtype, batch_to_device, train_step
+from pipeline.step import autocast_dtype, batch_to_device, to_device, train_step
 
 NUM_CLASSES = 10
 # Dense bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, matched against the device name in
@@ -104,6 +108,23 @@ def method_inputs(
     if not grid_channels_last:
         batch.views = plain_image_groups(batch.views)
     return batch
+
+
+def device_views(
+    method_class: type[Method], config: ExperimentConfig, device: torch.device, batch: Batch, grid_channels_last: bool
+) -> Callable[[], Batch]:
+    """Return a function making ``batch``'s views afresh from random uint8 images on ``device``, as the loop does."""
+    size = config.data.image_size
+    shape = (config.train.batch_size, 3, size, size)
+    images = torch.as_tensor(np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8), device=device)
+    views = BatchedViews(method_class.views(config), config.data)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def make() -> Batch:
+        made = to_device(views(images, generator), device, config.train.channels_last)
+        return Batch(made if grid_channels_last else plain_image_groups(made), batch.labels, batch.indices)
+
+    return make
 
 
 def plain_image_groups(views: Any) -> Any:
@@ -209,16 +230,18 @@ def measure(case: Case, args: argparse.Namespace) -> Measurement:
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
     dtype = autocast_dtype(config.train.amp, device)
     batch = method_inputs(method_class, config, device, case.grid_channels_last)
+    make_views = device_views(method_class, config, device, batch, case.grid_channels_last)
 
-    def step(index: int) -> None:
-        train_step(method, method, optimizer, scaler, batch, StepInfo(0, index, total), config.optim.lr, dtype)
+    def step(index: int, augment: bool = args.augment_on == "device") -> None:
+        inputs = make_views() if augment else batch
+        train_step(method, method, optimizer, scaler, inputs, StepInfo(0, index, total), config.optim.lr, dtype)
 
     def synchronize() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     with FlopCounterMode(display=False) as counter:
-        step(0)
+        step(0, augment=False)
     flops = float(counter.get_total_flops())
     compile_networks(method, case.compile)
     synchronize()
@@ -297,6 +320,9 @@ def main() -> None:
         help="the quickstart's network: width 16, CIFAR stem, batch 128, split batch norm of 2, queue 1024",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--augment-on", choices=["loader", "device"], default="loader", help="device: time the batched views too"
+    )
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for model-FLOP utilisation")
     args = parser.parse_args()
     if args.warmup < 1:
@@ -316,7 +342,7 @@ def main() -> None:
     print(
         f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), ResNet-18 "
         f"width {args.width}, {args.size} px, batch {args.batch_size}, amp {amp} "
-        f"({autocast_dtype(amp, device)}), median of {args.repeats}"
+        f"({autocast_dtype(amp, device)}), views made on the {args.augment_on}, median of {args.repeats}"
     )
     stems = {"both": (True, False), "cifar": (True,), "standard": (False,)}[args.stems]
     channels_last = switch(args.channels_last, defaults.channels_last)
