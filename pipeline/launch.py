@@ -1,11 +1,17 @@
-"""The driver: resolved config -> checks -> run-scoped actors -> Ray Train run -> result with metrics and MLflow run."""
+"""The driver, in named stages: check -> record -> fit (run-scoped actors, Ray Train) -> result -> evaluate.
+
+The fit stage runs the training loop on Ray Train's workers, or (``local``) in this process with a
+``LocalSession``: same loop, checkpoints, MLflow record and resume, no Ray unless the method has actors.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +71,8 @@ from pipeline.record.run import (
 )
 from pipeline.record.store import reachable_store
 from pipeline.resources import RunResources, actor_name, required_resources
-from pipeline.train import train_loop_per_worker
+from pipeline.sessions import LocalSession
+from pipeline.train import LoopInputs, run_loop, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -192,15 +199,44 @@ def announce_torn_checkpoints(run_dir: Path, resume_from: Path | None) -> None:
         print(f"checkpoint {folder.name} is unusable ({reason}): resuming from {target} instead")
 
 
-def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
-    """Run (or resume) one pretraining run end to end and return its result.
+@dataclass(frozen=True)
+class RunPlan:
+    """What the checks settled before anything is recorded: method, data, storage, store, run and resume point."""
 
-    Every check that can run before work does (config, data and batch size, tracking store,
-    resources): a failure there raises before an MLflow run is created or touched. An interrupt
-    (KeyboardInterrupt, or ``INTERRUPTED`` set by a signal handler) marks the run KILLED and raises
-    RunInterrupted; any other error marks it FAILED, unless a sweep's scheduler stopped the run (KILLED).
+    config: ExperimentConfig
+    method_class: type[Method]
+    sources: dict[str, Source]
+    storage: str
+    tracking_uri: str
+    run_name: str
+    run_dir: Path
+    resume_from: Path | None
+    actor_specs: dict[str, Any]
+    local: bool = False  # the loop runs in this process (``--local``), not on Ray Train's workers
+
+    @property
+    def epochs_done(self) -> int:
+        """Return the epochs the checkpoint to resume from holds (0 for a fresh run)."""
+        return checkpoint_epoch(self.resume_from) if self.resume_from is not None else 0
+
+    @property
+    def needs_training(self) -> bool:
+        """Return whether epochs remain to be trained."""
+        return self.epochs_done < self.config.train.epochs
+
+
+def check(config: ExperimentConfig, verbose: bool = False, local: bool = False) -> RunPlan:
+    """Return the run's plan after every check that can refuse it, before any MLflow run is created or touched.
+
+    Config, data and batch size, storage, tracking store and run folder; when epochs remain, Ray and the
+    cluster's resources for the workers and the method's run-scoped actors (a local run starts Ray only
+    for those actors).
     """
-    started = time.time()
+    if local and config.ray.num_workers > 1:
+        raise ConfigError(
+            f"ray.num_workers = {config.ray.num_workers}: a local run is one process; "
+            "drop the local mode or set ray.num_workers=1"
+        )
     method_class = validate(config)
     sources = open_data(config)
     try:
@@ -211,54 +247,73 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     check_storage(storage)
     tracking_uri = reachable_store(config.tracking)
     run_name, resume_from = resolve_run(config, Path(storage))
-    run_dir = Path(storage) / run_name
-    epochs_done = checkpoint_epoch(resume_from) if resume_from is not None else 0
-    needs_training = epochs_done < config.train.epochs
     actor_specs = method_class.resources(config)
-    if needs_training:
-        # Resources are checked before the MLflow run is touched: a request that cannot run records nothing.
+    plan = RunPlan(
+        config=config,
+        method_class=method_class,
+        sources=sources,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        run_name=run_name,
+        run_dir=Path(storage) / run_name,
+        resume_from=resume_from,
+        actor_specs=actor_specs,
+        local=local,
+    )
+    if plan.needs_training and (actor_specs or not local):
         ensure_ray(config.ray, verbose)
         local = cluster_address(config.ray) is None
         check_resources(config.ray, local, required_resources(actor_specs) if actor_specs else None)
-    announce_torn_checkpoints(run_dir, resume_from)
-    if resume_from is None:
-        print(f"starting run '{run_name}' in {run_dir}")
-    elif needs_training:
-        print(f"resuming run '{run_name}' from {resume_from} ({epochs_done}/{config.train.epochs} epochs done)")
+    return plan
+
+
+def announce(plan: RunPlan) -> None:
+    """Print what this attempt does: start, resume (after any unusable newer checkpoint) or report a finished run."""
+    announce_torn_checkpoints(plan.run_dir, plan.resume_from)
+    epochs = plan.config.train.epochs
+    if plan.resume_from is None:
+        print(f"starting run '{plan.run_name}' in {plan.run_dir}")
+    elif plan.needs_training:
+        print(f"resuming run '{plan.run_name}' from {plan.resume_from} ({plan.epochs_done}/{epochs} epochs done)")
     else:
-        print(f"run '{run_name}' already finished ({epochs_done}/{config.train.epochs} epochs): reporting its result")
+        print(f"run '{plan.run_name}' already finished ({plan.epochs_done}/{epochs} epochs): reporting its result")
 
-    existing_run_id = read_run_id(run_dir)
-    recorded_baseline = recorded_metric(tracking_uri, existing_run_id, PIXEL_BASELINE)
-    baseline = recorded_baseline
-    if config.eval.pixel_baseline and baseline is None:
-        # Decodes every image of both splits: an unreadable one stops the command here, before any run is touched.
-        baseline = pixel_baseline(config, sources)
 
-    run, changed = open_run(tracking_uri, config.tracking, run_name, flatten(config), existing_run_id)
+def open_record(plan: RunPlan) -> tuple[RunHandle, float | None, bool]:
+    """Return the run's MLflow handle (a resumed run's own), its raw-pixel baseline, and whether that is new.
+
+    The baseline decodes every image of both splits: an unreadable one stops the command here, before
+    any MLflow run is touched.
+    """
+    config = plan.config
+    existing_run_id = read_run_id(plan.run_dir)
+    baseline = recorded_metric(plan.tracking_uri, existing_run_id, PIXEL_BASELINE)
+    new_baseline = config.eval.pixel_baseline and baseline is None
+    if new_baseline:
+        baseline = pixel_baseline(config, plan.sources)
+    run, changed = open_run(plan.tracking_uri, config.tracking, plan.run_name, flatten(config), existing_run_id)
+    if changed:
+        listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in sorted(changed.items()))
+        print(f"this attempt changes settings that do not alter training: {listed} (tagged on the MLflow run)")
+    return run, baseline, new_baseline
+
+
+@contextlib.contextmanager
+def ended_on_failure(plan: RunPlan, run: RunHandle) -> Iterator[None]:
+    """Run the block; however it fails, end the MLflow run before the error goes on.
+
+    An interrupt (KeyboardInterrupt, or ``INTERRUPTED`` set by a signal handler) ends it KILLED and
+    raises RunInterrupted; any other error ends it FAILED, unless a sweep's scheduler stopped it (KILLED).
+    """
     try:
-        write_run_id(run_dir, run.run_id, run.tracking_uri)
-        write_run_config(run_dir, config)
-        if changed:
-            listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in sorted(changed.items()))
-            print(f"this attempt changes settings that do not alter training: {listed} (tagged on the MLflow run)")
-        log_text(run, to_yaml(config), CONFIG_ARTIFACT)
-        set_tags(run, {RUN_NAME_TAG: run_name, RUN_DIR_TAG: str(run_dir), METHOD_TAG: config.method.name})
-        print(f"MLflow run {run.run_id} in {run.tracking_uri}")
-        if baseline is not None and recorded_baseline is None:
-            log_metrics(run, {PIXEL_BASELINE: baseline}, step=0)
-        if baseline is not None:
-            print(f"raw-pixel kNN baseline: {baseline:.2f}%")
-        if needs_training:
-            _fit(config, run_name, storage, run_dir, run, actor_specs, resume_from)
-        checkpoint_dir = latest_checkpoint(run_dir)
-        metrics = {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
+        yield
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) or INTERRUPTED.is_set():
             finish_run(run, "KILLED")
-            saved = latest_checkpoint(run_dir)
+            saved = latest_checkpoint(plan.run_dir)
+            epochs_saved = checkpoint_epoch(saved) if saved else 0
             raise RunInterrupted(
-                run_name, run_dir, checkpoint_epoch(saved) if saved else 0, config.train.epochs, run.run_id
+                plan.run_name, plan.run_dir, epochs_saved, plan.config.train.epochs, run.run_id
             ) from None
         if isinstance(exc, RunActorDied):
             set_tags(run, {ERROR_TAG: str(exc)})
@@ -266,11 +321,31 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
         finish_run(run, "KILLED" if stopped_by_scheduler(run) else "FAILED")
         raise
 
+
+def describe_run(plan: RunPlan, run: RunHandle, baseline: float | None, new_baseline: bool) -> None:
+    """Write the run folder's MLflow id and config, and log the config, the run's tags and a new baseline."""
+    config = plan.config
+    write_run_id(plan.run_dir, run.run_id, run.tracking_uri)
+    write_run_config(plan.run_dir, config)
+    log_text(run, to_yaml(config), CONFIG_ARTIFACT)
+    set_tags(run, {RUN_NAME_TAG: plan.run_name, RUN_DIR_TAG: str(plan.run_dir), METHOD_TAG: config.method.name})
+    print(f"MLflow run {run.run_id} in {run.tracking_uri}")
+    if baseline is not None and new_baseline:
+        log_metrics(run, {PIXEL_BASELINE: baseline}, step=0)
+    if baseline is not None:
+        print(f"raw-pixel kNN baseline: {baseline:.2f}%")
+
+
+def record_result(plan: RunPlan, run: RunHandle, baseline: float | None, started: float) -> PretrainResult:
+    """Return the finished run's result after logging its final figures, summary and model, and ending it FINISHED."""
+    config = plan.config
+    checkpoint_dir = latest_checkpoint(plan.run_dir)
+    metrics = {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
     final = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("knn/", "train/loss"))}
     if latest_metric(run, "final/train/loss") is None:
         log_metrics(run, final, step=config.train.epochs)
     result = PretrainResult(
-        run_name=run_name,
+        run_name=plan.run_name,
         metrics=metrics,
         checkpoint_path=str(checkpoint_dir) if checkpoint_dir else None,
         mlflow_run_id=run.run_id,
@@ -280,13 +355,37 @@ def pretrain(config: ExperimentConfig, verbose: bool = False) -> PretrainResult:
     )
     set_tags(run, {CHECKPOINT_TAG: result.checkpoint_path or ""})
     log_text(run, json.dumps(result.summary(), indent=2), SUMMARY_ARTIFACT)
-    log_backbone_model(run, run_dir, config.tracking.register_model)
+    log_backbone_model(run, plan.run_dir, config.tracking.register_model)
     finish_run(run, "FINISHED")
+    return result
+
+
+def evaluate(plan: RunPlan, result: PretrainResult, verbose: bool = False) -> None:
+    """Run the linear evaluation of the finished run, print its table and attach its figures to ``result``."""
+    evaluation = evaluate_and_record(plan.run_dir, tracking_uri=result.tracking_uri, verbose=verbose)
+    print(f"linear evaluation ({evaluation.protocol}{', reused' if evaluation.reused else ''}):")
+    print(evaluation.table())
+    result.evaluation = {name: network.metrics() for name, network in evaluation.networks.items()}
+
+
+def pretrain(config: ExperimentConfig, verbose: bool = False, local: bool = False) -> PretrainResult:
+    """Run (or resume) one pretraining run end to end and return its result: check, record, fit, evaluate.
+
+    A failure in the checks raises before an MLflow run is created or touched; after that the run ends
+    KILLED on an interrupt (raising RunInterrupted) and FAILED on any other error (see ``ended_on_failure``).
+    ``local`` trains in this process instead of on Ray Train (one worker; for debuggers and profilers).
+    """
+    started = time.time()
+    plan = check(config, verbose, local)
+    announce(plan)
+    run, baseline, new_baseline = open_record(plan)
+    with ended_on_failure(plan, run):
+        describe_run(plan, run, baseline, new_baseline)
+        if plan.needs_training:
+            _fit(plan, run)
+        result = record_result(plan, run, baseline, started)
     if config.eval.linear.enabled:
-        evaluation = evaluate_and_record(run_dir, tracking_uri=run.tracking_uri, verbose=verbose)
-        print(f"linear evaluation ({evaluation.protocol}{', reused' if evaluation.reused else ''}):")
-        print(evaluation.table())
-        result.evaluation = {name: network.metrics() for name, network in evaluation.networks.items()}
+        evaluate(plan, result, verbose)
     return result
 
 
@@ -310,36 +409,47 @@ def log_backbone_model(run: RunHandle, run_dir: Path, registered_name: str | Non
     return uri
 
 
-def _fit(
-    config: ExperimentConfig,
-    run_name: str,
-    storage: str,
-    run_dir: Path,
-    run: RunHandle,
-    actor_specs: dict[str, Any],
-    resume_from: Path | None,
-) -> None:
-    """Create the run's actors and progress relay, launch the TorchTrainer, tear both down; raise if training failed."""
-    relay = ProgressRelay()
+def _fit(plan: RunPlan, run: RunHandle) -> None:
+    """Create the run's actors (and the workers' progress relay), train, tear both down; raise if training failed."""
+    config = plan.config
+    # A local loop prints its progress itself; Ray Train's workers hand their lines to the relay.
+    relay = None if plan.local else ProgressRelay()
+    queue = relay.queue if relay is not None else None
     try:
-        with RunResources(actor_specs, run_name, progress=relay.queue) as handles:
-            loop_config = {
-                "config": config.model_dump(mode="json"),
-                "run_dir": str(run_dir),
-                "mlflow": asdict(run),
-                "resources": handles,
-                "progress": relay.queue,
-                "resume_from": str(resume_from) if resume_from is not None else None,
-            }
+        with RunResources(plan.actor_specs, plan.run_name, progress=queue) as handles:
+            inputs = LoopInputs(
+                config=config.model_dump(mode="json"),
+                run_dir=str(plan.run_dir),
+                mlflow=asdict(run),
+                resources=handles,
+                progress=queue,
+                resume_from=str(plan.resume_from) if plan.resume_from is not None else None,
+            )
             try:
-                fit(make_trainer(train_loop_per_worker, loop_config, config.ray, run_name, storage, checkpoints_kept=2))
+                if plan.local:
+                    run_loop(inputs, LocalSession(plan.run_dir, use_gpu=config.ray.gpus_per_worker > 0))
+                else:
+                    # Field by field, not asdict: that would deep-copy the actor handles and the relay queue.
+                    loop_config = {item.name: getattr(inputs, item.name) for item in fields(inputs)}
+                    fit(
+                        make_trainer(
+                            train_loop_per_worker,
+                            loop_config,
+                            config.ray,
+                            plan.run_name,
+                            plan.storage,
+                            checkpoints_kept=2,
+                        )
+                    )
             except Exception:
                 # Workers see a dead actor as a long remote traceback; the driver names the actor instead.
                 dead = dead_actors(handles)
                 if not dead or INTERRUPTED.is_set():
                     raise
-                saved = latest_checkpoint(run_dir)
+                saved = latest_checkpoint(plan.run_dir)
                 epoch = (checkpoint_epoch(saved) if saved is not None else 0) + 1
-                raise RunActorDied(dead[0], actor_name(run_name, dead[0]), epoch, config.train.epochs, saved) from None
+                name = actor_name(plan.run_name, dead[0])
+                raise RunActorDied(dead[0], name, epoch, config.train.epochs, saved) from None
     finally:
-        relay.close()
+        if relay is not None:
+            relay.close()

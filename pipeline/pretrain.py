@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline.pretrain --config FILE [--set key=value ...]``.
+"""Command line: ``python -m pipeline.pretrain --config FILE [--set key=value ...] [--local]``.
 
 The config is validated before anything heavy is imported, so a typo costs a fraction of a
 second; then the driver (``pipeline.launch``) runs the pretraining and this prints the result.
@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.pretrain", description=__doc__)
     add_config_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="also show Ray's and MLflow's own messages")
+    parser.add_argument(
+        "--local",
+        action="store_true",
+        help="train in this process instead of on Ray Train's workers (one worker; for a debugger or profiler); "
+        "same checkpoints, MLflow record and resume",
+    )
     args = parser.parse_args(argv)
     config = config_from_args(args)
     configure_logging(args.verbose)
@@ -78,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     resume = shlex.join(["python", "-m", "pipeline.pretrain", *(sys.argv[1:] if argv is None else argv)])
     try:
-        result = pretrain(config, verbose=args.verbose)
+        result = pretrain(config, verbose=args.verbose, local=args.local)
     except (ConfigError, DataError, ResourceError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,29 +1,26 @@
-"""The per-worker training loop that Ray Train runs (world size 1 is just a small world)."""
+"""The per-worker training loop: one function, run by Ray Train's workers or in the calling process.
+
+``run_loop`` gets everything about where it runs (rank, world size, device, the checkpoint the runtime
+registered, where epochs are reported) from its ``WorkerSession`` (``pipeline.sessions``); Ray Train's
+entry point is ``train_loop_per_worker``.
+"""
 
 from __future__ import annotations
 
 import random
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray.train
 import torch
 import torch.distributed as dist
-from ray.train.torch import get_device
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.checkpoints import (
-    checkpoint_epoch,
-    epoch_dir_name,
-    incomplete_reason,
-    load_checkpoint,
-    write_checkpoint,
-)
+from pipeline.checkpoints import checkpoint_epoch, incomplete_reason, load_checkpoint
+from pipeline.compilation import compile_networks
 from pipeline.config import ExperimentConfig, build_config
 from pipeline.data.batched_views import BatchedViews, DeviceImage, augmentation_generator
 from pipeline.data.build import build_source
@@ -36,6 +33,7 @@ from pipeline.methods import EpochContext, Method, MethodContext, StepInfo, get_
 from pipeline.optim import build_optimizer, lr_schedule
 from pipeline.progress import ProgressReporter, format_duration
 from pipeline.record.run import RunHandle, last_logged_step, log_metrics, log_text
+from pipeline.sessions import RayTrainSession, WorkerSession
 from pipeline.step import autocast_dtype, batch_to_device, to_device, train_step
 
 
@@ -66,14 +64,28 @@ def _broadcast_buffers(module: nn.Module) -> None:
             dist.broadcast(buffer, src=0)
 
 
+@dataclass(frozen=True)
+class LoopInputs:
+    """What the driver hands every worker: config, run folder, MLflow run, run-scoped actors, relay, resume point."""
+
+    config: dict[str, Any]  # the validated ExperimentConfig as JSON-ready data (rebuilt in the worker)
+    run_dir: str
+    mlflow: dict[str, str] | None = None  # RunHandle fields; rank 0 logs each epoch there
+    resources: dict[str, Any] = field(default_factory=dict)  # the run-scoped actors' handles, by key
+    progress: Any | None = None  # the driver's progress relay queue (None: print here)
+    resume_from: str | None = None  # the driver's choice of checkpoint folder
+
+
 @dataclass
 class WorkerSetup:
     """Everything one worker builds before its first epoch."""
 
     config: ExperimentConfig
+    session: WorkerSession
     rank: int
     world_size: int
     device: torch.device
+    amp_dtype: torch.dtype | None  # train.amp resolved for this worker's device
     method: Method
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -94,11 +106,9 @@ class WorkerSetup:
         return len(self.train_loader) * self.config.train.epochs
 
 
-def _build(config: ExperimentConfig, progress: ProgressReporter) -> WorkerSetup:
+def _build(config: ExperimentConfig, session: WorkerSession, progress: ProgressReporter) -> WorkerSetup:
     """Return the worker's data, method, DDP wrapper, optimiser and schedules (the driver validated the config)."""
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-    device = get_device()
+    rank, world_size, device = session.rank, session.world_size, session.device
     local_batch = config.train.batch_size // world_size
     method_class = get_method(config.method.name)
     data, workers = config.data, config.data.num_workers
@@ -126,6 +136,8 @@ def _build(config: ExperimentConfig, progress: ProgressReporter) -> WorkerSetup:
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)
+    # Compiled in place before DDP wraps it: parameters and state_dict keys stay the eager ones.
+    compile_networks(method, config.train.compile)
     model: nn.Module = method
     if world_size > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -135,9 +147,11 @@ def _build(config: ExperimentConfig, progress: ProgressReporter) -> WorkerSetup:
     learning_rates = lr_schedule(config.optim, config.train.batch_size, len(train_loader), config.train.epochs)
     return WorkerSetup(
         config=config,
+        session=session,
         rank=rank,
         world_size=world_size,
         device=device,
+        amp_dtype=autocast_dtype(config.train.amp, device),
         method=method,
         model=model,
         optimizer=optimizer,
@@ -154,13 +168,13 @@ def _build(config: ExperimentConfig, progress: ProgressReporter) -> WorkerSetup:
     )
 
 
-def _checkpoint_to_resume(resume_from: str | None) -> tuple[Path | None, Any]:
-    """Return the newer of Ray's latest registered checkpoint and the driver's ``resume_from`` folder.
+def _checkpoint_to_resume(session: WorkerSession, resume_from: str | None) -> tuple[Path | None, Any]:
+    """Return the newer of the session's registered checkpoint and the driver's ``resume_from`` folder.
 
     Ray registers a checkpoint a moment after its folder is complete; a run interrupted in between
     would otherwise restart from an older epoch than the one on disk.
     """
-    ray_checkpoint = ray.train.get_checkpoint()
+    ray_checkpoint = session.registered_checkpoint()
     candidates: list[tuple[int, Path | None, Any]] = []
     # A folder Ray registered can be torn afterwards (a copy cut short, a disk problem): on local storage it
     # must pass the same completeness check as the driver's choice.
@@ -177,7 +191,7 @@ def _checkpoint_to_resume(resume_from: str | None) -> tuple[Path | None, Any]:
 
 def _restore(setup: WorkerSetup, resume_from: str | None) -> tuple[int, int]:
     """Return (first epoch to train, global step) after loading the newest checkpoint, if any."""
-    folder, ray_checkpoint = _checkpoint_to_resume(resume_from)
+    folder, ray_checkpoint = _checkpoint_to_resume(setup.session, resume_from)
     if folder is None and ray_checkpoint is None:
         return 0, 0
     if ray_checkpoint is not None:
@@ -197,8 +211,7 @@ def _restore(setup: WorkerSetup, resume_from: str | None) -> tuple[int, int]:
 
 def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, faults: FaultHooks) -> tuple[dict[str, float], int]:
     """Run one epoch; return the epoch's mean losses and learning rate, and the new global step."""
-    config, device = setup.config, setup.device
-    amp_dtype = autocast_dtype(config.train.amp)
+    config, device, amp_dtype = setup.config, setup.device, setup.amp_dtype
     setup.train_loader.set_epoch(epoch)
     generator = augmentation_generator(device, config.train.seed, setup.rank, epoch)
     steps = len(setup.train_loader)
@@ -246,7 +259,7 @@ def _epoch_context(setup: WorkerSetup, epoch: int, resources: dict[str, Any]) ->
         num_train=int(setup.train_labels.shape[0]),
         train_images=setup.train_images,
         resources=resources,
-        autocast_dtype=autocast_dtype(setup.config.train.amp),
+        autocast_dtype=setup.amp_dtype,
         channels_last=setup.config.train.channels_last,
     )
 
@@ -264,7 +277,7 @@ def _knn_top1(setup: WorkerSetup) -> float:
         config.eval.knn_k,
         config.eval.knn_temperature,
         setup.device,
-        autocast_dtype(config.train.amp),
+        setup.amp_dtype,
         config.train.channels_last,
     )
 
@@ -272,7 +285,7 @@ def _knn_top1(setup: WorkerSetup) -> float:
 def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done: int, global_step: int) -> None:
     """Report metrics from every worker; rank 0 attaches the full-state checkpoint."""
     if setup.rank != 0:
-        ray.train.report(metrics)
+        setup.session.report(metrics, None, epochs_done)
         return
     state = {
         "epoch": epochs_done,
@@ -282,24 +295,23 @@ def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done:
         "scaler": setup.scaler.state_dict(),
         "metrics": metrics,
     }
-    with tempfile.TemporaryDirectory() as folder:
-        write_checkpoint(Path(folder), state)
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(folder),
-            checkpoint_dir_name=epoch_dir_name(epochs_done),
-        )
+    setup.session.report(metrics, state, epochs_done)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Train one worker's share of the run in ``loop_config`` (config, run folder, MLflow, resources, resume)."""
-    config = build_config(loop_config["config"])
-    run_dir = Path(loop_config["run_dir"])
-    resources = loop_config.get("resources", {})
-    progress = ProgressReporter(loop_config.get("progress"))
-    setup = _build(config, progress)
-    start_epoch, global_step = _restore(setup, loop_config.get("resume_from"))
-    run = RunHandle(**loop_config["mlflow"]) if setup.rank == 0 and loop_config.get("mlflow") else None
+    """Train one Ray Train worker's share of the run (``loop_config`` holds a ``LoopInputs``'s fields)."""
+    run_loop(LoopInputs(**loop_config), RayTrainSession())
+
+
+def run_loop(inputs: LoopInputs, session: WorkerSession) -> None:
+    """Train this worker's share of the run in ``inputs``, resuming from the newest checkpoint, wherever it runs."""
+    config = build_config(inputs.config)
+    run_dir = Path(inputs.run_dir)
+    resources = inputs.resources
+    progress = ProgressReporter(inputs.progress)
+    setup = _build(config, session, progress)
+    start_epoch, global_step = _restore(setup, inputs.resume_from)
+    run = RunHandle(**inputs.mlflow) if setup.rank == 0 and inputs.mlflow else None
     logged_up_to = last_logged_step(run, "train/loss") if run else -1
     faults = FaultHooks(run_dir, setup.rank, setup.world_size, config.train.inject_failure_at_epoch)
     epoch_times: list[float] = []

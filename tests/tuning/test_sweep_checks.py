@@ -30,7 +30,9 @@ def test_an_unusable_storage_path_stops_the_sweep_before_its_parent_run(tmp_path
     blocker = tmp_path / "runs"
     blocker.write_text("a file where the run folders should go\n")
     database = tmp_path / "mlflow.db"
-    grid = load_grid(write_grid(tmp_path, **{"ray.storage_path": str(blocker), "tracking.uri": f"sqlite:///{database}"}))
+    grid = load_grid(
+        write_grid(tmp_path, **{"ray.storage_path": str(blocker), "tracking.uri": f"sqlite:///{database}"})
+    )
     with pytest.raises(ConfigError, match=f"ray.storage_path = '{blocker}' cannot hold runs: {blocker} is a file"):
         sweep.run_sweep(grid, max_concurrent=1)
     assert not database.exists()
