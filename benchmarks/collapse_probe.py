@@ -25,7 +25,7 @@ from pipeline.data.build import build_source
 from pipeline.data.loader import build_loader
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
-from pipeline.methods import MethodContext, StepInfo, get_method
+from pipeline.methods import StepInfo, build_method, get_method
 from pipeline.optim import build_optimizer, lr_schedule
 from pipeline.step import autocast_dtype, batch_to_device, train_step
 
@@ -72,12 +72,20 @@ def main() -> None:
     method_class = get_method(config.method.name)
     method_class.validate(config, 1)
     source = build_source(data, "train", transform=method_class.train_transform(config))
-    loader = build_loader(source, train.batch_size, 0, 1, True, True, data.seed, data.num_workers)
+    loader = build_loader(
+        source,
+        train.batch_size,
+        rank=0,
+        world_size=1,
+        shuffle=True,
+        drop_last=True,
+        seed=data.seed,
+        num_workers=data.num_workers,
+    )
     probe_source = build_source(data, "train", transform=build_view(EVAL_VIEW, data))
     probe_images = torch.stack([probe_source[index][0] for index in range(min(PROBE_IMAGES, len(probe_source)))])
     torch.manual_seed(train.seed)
-    context = MethodContext(config, 0, 1, source.num_classes, len(loader), method_class.batch_norm(config, 1))
-    method = method_class(context)
+    method = build_method(config, source.num_classes)
     optimizer = build_optimizer(config.optim, method)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     rates = lr_schedule(config.optim, train.batch_size, len(loader), train.epochs)

@@ -43,7 +43,16 @@ def write_image_folder(source: SyntheticShapes, root: Path) -> None:
 
 def images_per_second(source: Dataset, args: argparse.Namespace) -> float:
     """Return the images/s of full epochs through the epoch loader, after a warm-up epoch starts the workers."""
-    loader = build_loader(source, args.batch_size, 0, 1, True, False, 0, args.num_workers)
+    loader = build_loader(
+        source,
+        args.batch_size,
+        rank=0,
+        world_size=1,
+        shuffle=True,
+        drop_last=False,
+        seed=0,
+        num_workers=args.num_workers,
+    )
     loader.set_epoch(0)
     for _ in loader:
         continue

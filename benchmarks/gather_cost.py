@@ -30,7 +30,7 @@ from train_step import method_inputs
 
 from pipeline.config import load_config, with_overrides
 from pipeline.losses import cpc_infonce
-from pipeline.methods import Batch, MethodContext, StepInfo, get_method
+from pipeline.methods import Batch, StepInfo, build_method, get_method
 from pipeline.optim import build_optimizer
 from pipeline.step import train_step
 
@@ -83,9 +83,8 @@ def time_steps(name: str, scope: str, rank: int, world: int, args: argparse.Name
         overrides["data.image_size"] = 32
     config = with_overrides(config, overrides)
     method_class = get_method(name)
-    context = MethodContext(config, rank, world, 10, args.steps, method_class.batch_norm(config, world))
     torch.manual_seed(0)
-    method = method_class(context)
+    method = build_method(config, 10, rank, world)
     model = DistributedDataParallel(method)
     optimizer = build_optimizer(config.optim, method)
     scaler = torch.amp.GradScaler("cpu", enabled=False)

@@ -58,7 +58,7 @@ from pipeline.compilation import compile_networks
 from pipeline.config import ExperimentConfig, load_config, with_overrides
 from pipeline.data.batched_views import BatchedViews
 from pipeline.method_configs import method_config_class
-from pipeline.methods import Batch, Method, MethodContext, StepInfo, get_method, method_names
+from pipeline.methods import Batch, Method, StepInfo, build_method, get_method, method_names
 from pipeline.optim import build_optimizer
 from pipeline.step import autocast_dtype, batch_to_device, to_device, train_step
 
@@ -223,9 +223,8 @@ def measure(case: Case, args: argparse.Namespace) -> Measurement:
     method_class = get_method(parse_method(case.method)[0])
     method_class.validate(config, world_size=1)
     total = 1 + args.warmup + args.steps
-    context = MethodContext(config, 0, 1, NUM_CLASSES, total, method_class.batch_norm(config, 1))
     memory_format = torch.channels_last if case.channels_last else torch.contiguous_format
-    method = method_class(context).to(device, memory_format=memory_format)
+    method = build_method(config, NUM_CLASSES).to(device, memory_format=memory_format)
     optimizer = build_optimizer(config.optim, method)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
     dtype = autocast_dtype(config.train.amp, device)

@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.compilation import compile_networks
 from pipeline.config import load_config, with_overrides
-from pipeline.methods import Batch, MethodContext, StepInfo, get_method
+from pipeline.methods import Batch, StepInfo, build_method
 from pipeline.optim import build_optimizer
 from pipeline.step import autocast_dtype, batch_to_device, train_step
 
@@ -49,10 +49,8 @@ def project_step(method_name: str, images: tuple[torch.Tensor, torch.Tensor], ar
         overrides["method.queue_size"] = QUEUE_SIZE
     config = with_overrides(load_config(None, [f"method.name={method_name}", *args.set]), overrides)
     device = torch.device("cpu")
-    method_class = get_method(method_name)
-    context = MethodContext(config, 0, 1, NUM_CLASSES, 1_000_000, method_class.batch_norm(config, 1))
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
-    method = method_class(context).to(device, memory_format=memory_format)
+    method = build_method(config, NUM_CLASSES).to(device, memory_format=memory_format)
     compile_networks(method, config.train.compile)
     optimizer = build_optimizer(config.optim, method)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
@@ -62,7 +60,7 @@ def project_step(method_name: str, images: tuple[torch.Tensor, torch.Tensor], ar
     batch: Batch = batch_to_device((views, labels, torch.arange(args.batch_size)), device, config.train.channels_last)
     print(
         f"project {method_name}: channels_last {config.train.channels_last}, compile {config.train.compile}, "
-        f"amp {config.train.amp} ({dtype}), batch norm {context.batch_norm}, lr {config.optim.lr}"
+        f"amp {config.train.amp} ({dtype}), batch norm {method.context.batch_norm}, lr {config.optim.lr}"
     )
     counter = iter(range(1_000_000))
 

@@ -82,7 +82,9 @@ def _train_loader(
     source = build_source(config.data, "train", transform=build_view(recipe, config.data))
     seed, workers = config.eval.linear.seed, config.data.num_workers
     if sampling != "class_balanced":
-        return build_loader(source, batch, rank, world, True, True, seed, workers)
+        return build_loader(
+            source, batch, rank=rank, world_size=world, shuffle=True, drop_last=True, seed=seed, num_workers=workers
+        )
     if isinstance(source, ParquetShards):
         raise DataError("class-balanced sampling in the augmented protocol needs a map-style source, not Parquet")
     labels = torch.as_tensor(source.labels, dtype=torch.long)
@@ -157,7 +159,16 @@ def _write_test_logits(
 ) -> None:
     """Gather every rank's test logits by index; rank 0 writes ``{"logits": {name: [M, C]}, "labels": [M]}``."""
     source = build_source(config.data, "test", transform=build_view(EVAL_VIEW, config.data))
-    loader = build_loader(source, 256, rank, world, False, False, config.eval.linear.seed, config.data.num_workers)
+    loader = build_loader(
+        source,
+        256,
+        rank=rank,
+        world_size=world,
+        shuffle=False,
+        drop_last=False,
+        seed=config.eval.linear.seed,
+        num_workers=config.data.num_workers,
+    )
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in networks}
     indices = []
     for images, _, index in loader:

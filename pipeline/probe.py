@@ -42,7 +42,7 @@ from pipeline.evaluation.metrics import (
     topk_accuracy,
 )
 from pipeline.evaluation.monitor import extract_features
-from pipeline.methods import MethodContext, get_method
+from pipeline.methods import build_method, get_method
 from pipeline.progress import ImageProgress
 from pipeline.record.run import RunHandle, log_artifact, log_metrics, log_text, set_tags
 
@@ -152,22 +152,18 @@ def finished_checkpoint(run_dir: Path, config: ExperimentConfig) -> Path:
 
 def baseline_networks(config: ExperimentConfig, num_classes: int) -> dict[str, nn.Module]:
     """Return the floors a learned representation must beat: raw pixels, and the backbone at its random init."""
-    method_class = get_method(config.method.name)
-    context = MethodContext(config, 0, 1, num_classes, 1, method_class.batch_norm(config, 1))
     torch.manual_seed(config.train.seed)
-    untrained = method_class(context).eval().requires_grad_(False)
+    untrained = build_method(config, num_classes).eval().requires_grad_(False)
     return dict(zip(BASELINES, (nn.Flatten(), untrained.evaluation_networks()["backbone"]), strict=True))
 
 
 def evaluation_networks(config: ExperimentConfig, checkpoint: Path, num_classes: int) -> dict[str, nn.Module]:
     """Return the method's evaluation networks with the checkpoint's weights, frozen and in eval mode."""
     try:
-        method_class = get_method(config.method.name)
+        get_method(config.method.name)
     except ValueError as exc:
         raise EvaluationError(f"checkpoint {checkpoint} was trained by a method this install lacks: {exc}") from None
-    world_size = max(config.ray.num_workers, 1)
-    context = MethodContext(config, 0, world_size, num_classes, 1, method_class.batch_norm(config, world_size))
-    method = method_class(context)
+    method = build_method(config, num_classes, world_size=max(config.ray.num_workers, 1))
     state = load_checkpoint(checkpoint)
     try:
         method.load_state_dict(state["method"])

@@ -29,7 +29,7 @@ from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluation.monitor import knn_monitor
 from pipeline.faults import FaultHooks
-from pipeline.methods import EpochContext, Method, MethodContext, StepInfo, get_method
+from pipeline.methods import EpochContext, Method, StepInfo, build_method, get_method
 from pipeline.optim import build_optimizer, lr_schedule
 from pipeline.progress import ProgressReporter, format_duration
 from pipeline.record.run import RunHandle, last_logged_step, log_metrics, log_text
@@ -116,7 +116,8 @@ def _build(config: ExperimentConfig, session: WorkerSession, progress: ProgressR
     device_views = BatchedViews(method_class.views(config), data) if data.augment_on == "device" else None
     transform = DeviceImage(data) if device_views is not None else method_class.train_transform(config)
     train_source = build_source(data, "train", transform=transform)
-    train_loader = build_loader(train_source, local_batch, rank, world_size, True, True, data.seed, workers)
+    shard = {"rank": rank, "world_size": world_size, "seed": data.seed, "num_workers": workers}
+    train_loader = build_loader(train_source, local_batch, shuffle=True, drop_last=True, **shard)
     if len(train_loader) == 0:
         raise ValueError(
             f"the training set ({len(train_source)} images) is smaller than one batch per worker ({local_batch})"
@@ -125,14 +126,12 @@ def _build(config: ExperimentConfig, session: WorkerSession, progress: ProgressR
     # The training set under the evaluation view serves the kNN memory bank and the methods' per-epoch passes.
     train_image_source = build_source(data, "train", transform=eval_view)
     test_image_source = build_source(data, "test", transform=eval_view)
-    train_images = build_loader(train_image_source, local_batch, rank, world_size, False, False, data.seed, workers)
-    test_images = build_loader(test_image_source, local_batch, rank, world_size, False, False, data.seed, workers)
+    train_images = build_loader(train_image_source, local_batch, shuffle=False, drop_last=False, **shard)
+    test_images = build_loader(test_image_source, local_batch, shuffle=False, drop_last=False, **shard)
 
     seed_everything(config.train.seed)
-    batch_norm = method_class.batch_norm(config, world_size)
-    method_context = MethodContext(config, rank, world_size, train_source.num_classes, len(train_loader), batch_norm)
-    method = method_class(method_context)
-    if batch_norm == "sync":
+    method = build_method(config, train_source.num_classes, rank, world_size)
+    if method.context.batch_norm == "sync":
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)

@@ -18,7 +18,7 @@ from torch._dynamo.backends.common import aot_autograd
 from pipeline.compilation import compile_networks
 from pipeline.config import ExperimentConfig
 from pipeline.data.recipes import ViewRecipe
-from pipeline.methods import Batch, Method, MethodContext, StepInfo, get_method, method_names
+from pipeline.methods import Batch, Method, MethodContext, StepInfo, build_method, get_method, method_names
 from pipeline.optim import build_optimizer
 from pipeline.step import train_step
 from tests.support.invariance import NUM_CLASSES, global_batch, install_prototypes, invariance_config
@@ -27,12 +27,11 @@ from tests.support.invariance import NUM_CLASSES, global_batch, install_prototyp
 def build(name: str, seed: int = 0) -> tuple[Method, Batch]:
     """Return method ``name`` at the invariance harness's tiny size, in float64, and one batch of its views."""
     config = invariance_config(name)
-    method_class = get_method(name)
     torch.manual_seed(seed)
-    method = method_class(MethodContext(config, 0, 1, NUM_CLASSES, 4, method_class.batch_norm(config, 1))).double()
+    method = build_method(config, NUM_CLASSES).double()
     if name == "hcsc":
         install_prototypes(method)
-    return method, global_batch(method_class, config)
+    return method, global_batch(get_method(name), config)
 
 
 def run_steps(method: Method, batch: Batch, steps: int) -> list[float]:
@@ -114,7 +113,7 @@ def tiny(seed: int = 0) -> tuple[Method, Batch]:
     """Return a seeded TinyMethod and a batch of two random 8 px views of 6 images."""
     torch.manual_seed(seed)
     config = invariance_config("simclr")
-    method = TinyMethod(MethodContext(config, 0, 1, NUM_CLASSES, 3, "plain"))
+    method = TinyMethod(MethodContext(config, 0, 1, NUM_CLASSES, "plain"))
     views = {"a": torch.randn(6, 3, 8, 8), "b": torch.randn(6, 3, 8, 8)}
     return method, Batch(views=views, labels=torch.zeros(6, dtype=torch.long), indices=torch.arange(6))
 

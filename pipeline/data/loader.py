@@ -104,6 +104,7 @@ class EpochLoader:
 def build_loader(
     source: Dataset,
     batch_size: int,
+    *,
     rank: int,
     world_size: int,
     shuffle: bool,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipeline.config import ExperimentConfig
 from pipeline.method_configs import load_plugins, method_config_class
 from pipeline.methods.base import Method
 from pipeline.methods.context import ActorSpec, Batch, EpochContext, EpochReport, MethodContext, StepInfo
@@ -32,6 +33,13 @@ def get_method(name: str) -> type[Method]:
     return _REGISTRY[name]
 
 
+def build_method(config: ExperimentConfig, num_classes: int, rank: int = 0, world_size: int = 1) -> Method:
+    """Return the configured method, built for ``rank`` of ``world_size`` with its batch-norm mode resolved."""
+    method_class = get_method(config.method.name)
+    batch_norm = method_class.batch_norm(config, world_size)
+    return method_class(MethodContext(config, rank, world_size, num_classes, batch_norm))
+
+
 def _load_builtins() -> None:
     """Import the built-in method modules and the ``PIPELINE_PLUGINS`` modules so that they register themselves."""
     from pipeline.methods import ascl, cpc, dim, dscl, hcsc, moco, selfcon, supcon  # noqa: F401
@@ -47,6 +55,7 @@ __all__ = [
     "Method",
     "MethodContext",
     "StepInfo",
+    "build_method",
     "get_method",
     "method_names",
     "register_method",

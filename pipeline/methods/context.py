@@ -41,7 +41,6 @@ class MethodContext:
     rank: int
     world_size: int
     num_classes: int
-    steps_per_epoch: int
     batch_norm: str
 
 

@@ -468,7 +468,7 @@ def test_device_image_resizes_mixed_size_sources_to_the_eval_resize_side() -> No
 def test_device_mode_loader_collates_uint8() -> None:
     cfg = DataConfig(image_size=16, synthetic={"num_train": 20, "num_test": 4})
     source = build_source(cfg, "train", transform=DeviceImage(cfg))
-    loader = build_loader(source, 8, 0, 1, True, True, 0, 0)
+    loader = build_loader(source, 8, rank=0, world_size=1, shuffle=True, drop_last=True, seed=0, num_workers=0)
     loader.set_epoch(0)
     views, labels, indices = next(iter(loader))
     assert views.dtype == torch.uint8 and views.shape == (8, 3, 16, 16)

@@ -43,7 +43,10 @@ def test_rebatch_joins_short_batches() -> None:
 @pytest.mark.parametrize("drop_last", [True, False])
 def test_map_style_ranks_have_equal_lengths_and_cover_everything(drop_last: bool) -> None:
     source = SyntheticShapes(23, 16, 1, 3, 0, 0, transform=two_views)
-    loaders = [build_loader(source, 3, rank, 3, True, drop_last, 5, 0) for rank in range(3)]
+    loaders = [
+        build_loader(source, 3, rank=rank, world_size=3, shuffle=True, drop_last=drop_last, seed=5, num_workers=0)
+        for rank in range(3)
+    ]
     # 23 samples over 3 ranks: 8 each after padding, so 2 full batches of 3 plus a last one of 2.
     assert [len(loader) for loader in loaders] == [2 if drop_last else 3] * 3
     seen = [index for loader in loaders for index in epoch_indices(loader, 0)]
@@ -59,7 +62,11 @@ def test_parquet_training_loader_gives_full_equal_batches(shard_dir: Path, num_w
     loaders = []
     for rank in range(2):
         shards = ParquetShards(shard_dir, transform=two_views)
-        loaders.append(build_loader(shards, 4, rank, 2, shuffle=True, drop_last=True, seed=9, num_workers=num_workers))
+        loaders.append(
+            build_loader(
+                shards, 4, rank=rank, world_size=2, shuffle=True, drop_last=True, seed=9, num_workers=num_workers
+            )
+        )
     fewest, _ = loaders[0].source.samples_per_rank_bounds(2)
     assert len(loaders[0]) == len(loaders[1]) == fewest // 4
     orders = []
@@ -77,7 +84,17 @@ def test_parquet_training_loader_gives_full_equal_batches(shard_dir: Path, num_w
 
 def test_parquet_eval_loader_pads_to_equal_lengths_and_sees_everything(shard_dir: Path) -> None:
     loaders = [
-        build_loader(ParquetShards(shard_dir, transform=two_views), 8, rank, 3, False, False, 0, 0) for rank in range(3)
+        build_loader(
+            ParquetShards(shard_dir, transform=two_views),
+            8,
+            rank=rank,
+            world_size=3,
+            shuffle=False,
+            drop_last=False,
+            seed=0,
+            num_workers=0,
+        )
+        for rank in range(3)
     ]
     _, most = loaders[0].source.samples_per_rank_bounds(3)
     assert len({len(loader) for loader in loaders}) == 1 and len(loaders[0]) == -(-most // 8)
@@ -88,6 +105,6 @@ def test_parquet_eval_loader_pads_to_equal_lengths_and_sees_everything(shard_dir
 def test_bad_rank_or_batch_size_raise() -> None:
     source = SyntheticShapes(8, 16, 1, 2, 0, 0)
     with pytest.raises(DataError, match="rank 2 out of range for world size 2"):
-        build_loader(source, 4, 2, 2, True, True, 0, 0)
+        build_loader(source, 4, rank=2, world_size=2, shuffle=True, drop_last=True, seed=0, num_workers=0)
     with pytest.raises(DataError, match="batch_size must be >= 1"):
-        build_loader(source, 0, 0, 1, True, True, 0, 0)
+        build_loader(source, 0, rank=0, world_size=1, shuffle=True, drop_last=True, seed=0, num_workers=0)

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import default_collate
 
 from pipeline.config import ExperimentConfig, load_config, with_overrides
-from pipeline.methods import Batch, Method, MethodContext, StepInfo, get_method
+from pipeline.methods import Batch, Method, StepInfo, build_method, get_method
 from pipeline.optim import build_optimizer
 from pipeline.step import train_step
 
@@ -146,8 +146,7 @@ def run_steps(name: str, rank: int, world: int, **overrides: Any) -> StepResult:
     torch.set_default_dtype(torch.float64)
     try:
         torch.manual_seed(0)
-        context = MethodContext(config, rank, world, NUM_CLASSES, STEPS, method_class.batch_norm(config, world))
-        method = method_class(context).double()
+        method = build_method(config, NUM_CLASSES, rank, world).double()
         for module in method.modules():
             if isinstance(module, nn.modules.batchnorm._NormBase):
                 module.eval()

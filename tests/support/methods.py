@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import load_config, with_overrides
-from pipeline.methods import Method, MethodContext, get_method
+from pipeline.methods import Method, build_method
 
 
 def make_method(method: str, num_classes: int, batch_size: int, **overrides: object) -> Method:
@@ -14,6 +14,4 @@ def make_method(method: str, num_classes: int, batch_size: int, **overrides: obj
     values.update(overrides)
     config = with_overrides(load_config(None, [f"method.name={method}"]), values)
     torch.manual_seed(0)
-    method_class = get_method(method)
-    context = MethodContext(config, 0, 1, num_classes, 10, method_class.batch_norm(config, world_size=1))
-    return method_class(context)
+    return build_method(config, num_classes)
