@@ -45,8 +45,10 @@ from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluate import evaluate_and_record
 from pipeline.evaluation.knn import pixel_knn_top1
+from pipeline.evaluation.pictures import embedding_map_png
 from pipeline.export import log_final_model
 from pipeline.methods import Method, get_method
+from pipeline.probe import backbone_test_features
 from pipeline.progress import ProgressRelay
 from pipeline.record.names import (
     CHECKPOINT_TAG,
@@ -54,6 +56,8 @@ from pipeline.record.names import (
     ERROR_TAG,
     METHOD_TAG,
     MODEL_ERROR_TAG,
+    PICTURE_ERROR_TAG,
+    PICTURES_DIR,
     RUN_DIR_TAG,
     RUN_NAME_TAG,
     SUMMARY_ARTIFACT,
@@ -62,6 +66,7 @@ from pipeline.record.run import (
     RunHandle,
     finish_run,
     latest_metric,
+    log_artifact,
     log_metrics,
     log_text,
     open_run,
@@ -356,6 +361,8 @@ def record_result(plan: RunPlan, run: RunHandle, baseline: float | None, started
     set_tags(run, {CHECKPOINT_TAG: result.checkpoint_path or ""})
     log_text(run, json.dumps(result.summary(), indent=2), SUMMARY_ARTIFACT)
     log_backbone_model(run, plan.run_dir, config.tracking.register_model)
+    if checkpoint_dir is not None:
+        draw_pictures(plan, run, checkpoint_dir)
     finish_run(run, "FINISHED")
     return result
 
@@ -407,6 +414,28 @@ def log_backbone_model(run: RunHandle, run_dir: Path, registered_name: str | Non
         return None
     print(f"MLflow model: {uri}")
     return uri
+
+
+def draw_pictures(plan: RunPlan, run: RunHandle, checkpoint: Path) -> Path | None:
+    """Return the test embeddings' 2-D map (PNG in the run folder, and an artifact), or None (tagged) if it failed.
+
+    Its backbone features are cached where the linear evaluation's features protocol finds them. Like the
+    MLflow model, a picture that cannot be drawn is a warning, never a finished run left unfinished.
+    """
+    path = plan.run_dir / PICTURES_DIR / f"embedding_map_{checkpoint.name}.png"
+    try:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        features, labels = backbone_test_features(plan.config, checkpoint, plan.run_dir, device)
+        title = f"{plan.config.method.name}: test embeddings after {checkpoint_epoch(checkpoint)} epochs"
+        embedding_map_png(features, labels, title, path)
+        log_artifact(run, path, PICTURES_DIR)
+    except Exception as exc:  # noqa: BLE001 - training has finished; a missing picture is a warning, say why
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        set_tags(run, {PICTURE_ERROR_TAG: reason})
+        print(f"warning: the embedding map could not be drawn ({reason}); the run is complete")
+        return None
+    print(f"embedding map: {path}")
+    return path
 
 
 def _fit(plan: RunPlan, run: RunHandle) -> None:

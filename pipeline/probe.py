@@ -244,24 +244,37 @@ def networks_to_probe(config: ExperimentConfig, checkpoint: Path, num_classes: i
     return {**networks, **baselines}
 
 
+def feature_cache(config: ExperimentConfig, checkpoint: Path, run_dir: Path, name: str, split: str) -> Path:
+    """Return the cache file of network ``name``'s features of ``split`` (keyed by checkpoint, data and flips)."""
+    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
+    data_key = config.data.model_dump(mode="json", exclude={"num_workers"})
+    feature_key = _hash([checkpoint.name, manifest, data_key, name, config.eval.linear.flip_average])
+    return run_dir / EVAL_DIR / "cache" / f"{split}-{feature_key}.pt"
+
+
+def backbone_test_features(
+    config: ExperimentConfig, checkpoint: Path, run_dir: Path, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the checkpoint's backbone features ``[M, D]`` of the test split and its labels (cached, shared)."""
+    num_classes = build_source(config.data, "train").num_classes
+    backbone = evaluation_networks(config, checkpoint, num_classes)["backbone"]
+    cache = feature_cache(config, checkpoint, run_dir, "backbone", "test")
+    return cached_features(backbone, config, "test", cache, device, "backbone")
+
+
 def features_logits(
     config: ExperimentConfig, checkpoint: Path, run_dir: Path, num_classes: int, device: torch.device
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Return each probed network's test logits ``{name: [M, C]}`` and the test labels ``[M]`` (features protocol)."""
-    linear = config.eval.linear
-    manifest = json.loads((checkpoint / MANIFEST_FILE).read_text())
-    data_key = config.data.model_dump(mode="json", exclude={"num_workers"})
-    settings = probe_settings(linear, config.data.long_tail_ratio is not None)
+    settings = probe_settings(config.eval.linear, config.data.long_tail_ratio is not None)
     logits: dict[str, torch.Tensor] = {}
     test_labels = torch.empty(0, dtype=torch.long)
     for name, network in networks_to_probe(config, checkpoint, num_classes).items():
-        feature_key = _hash([checkpoint.name, manifest, data_key, name, linear.flip_average])
-        cache = run_dir / EVAL_DIR / "cache"
         train_features, train_labels = cached_features(
-            network, config, "train", cache / f"train-{feature_key}.pt", device, name
+            network, config, "train", feature_cache(config, checkpoint, run_dir, name, "train"), device, name
         )
         test_features, test_labels = cached_features(
-            network, config, "test", cache / f"test-{feature_key}.pt", device, name
+            network, config, "test", feature_cache(config, checkpoint, run_dir, name, "test"), device, name
         )
         probe = train_linear_probe(train_features, train_labels, num_classes, settings)
         with torch.no_grad():

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from mlflow import MlflowClient
 
+from pipeline import launch
 from pipeline.checkpoints import METRICS_FILE, checkpoint_metrics, latest_checkpoint, load_checkpoint
 from pipeline.cluster import ResourceError, check_resources
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, TrackingConfig
 from pipeline.launch import pretrain
+from pipeline.record.run import open_run
 from tests.support.configs import Reference, tiny_config
 
 pytestmark = pytest.mark.usefixtures("ray_session")
@@ -43,8 +46,28 @@ def test_two_worker_moco_run_is_recorded_in_mlflow(tiny_reference: Reference) ->
         assert steps == [0, 1], metric
     assert len(client.get_metric_history(run.info.run_id, "final/knn/top1")) == 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "summary.json"} <= artifacts
+    assert {"config.yaml", "summary.json", "pictures"} <= artifacts
     assert run.data.tags["checkpoint"] == result.checkpoint_path
+    (picture,) = client.list_artifacts(run.info.run_id, "pictures")
+    assert picture.path == "pictures/embedding_map_epoch_0002.png" and picture.file_size > 1000
+    assert (Path(result.checkpoint_path).parent / picture.path).is_file()
+    assert "picture_error" not in run.data.tags
+
+
+def test_a_picture_that_cannot_be_drawn_is_a_tagged_warning(
+    tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def no_features(*args: object) -> None:
+        raise RuntimeError("no test split here")
+
+    monkeypatch.setattr(launch, "backbone_test_features", no_features)
+    handle, _ = open_run(mlflow_uri, TrackingConfig(uri=mlflow_uri), "pictureless", {})
+    plan = SimpleNamespace(run_dir=tmp_path, config=tiny_config(tmp_path, mlflow_uri))
+
+    assert launch.draw_pictures(plan, handle, tmp_path / "epoch_0002") is None
+
+    assert MlflowClient(mlflow_uri).get_run(handle.run_id).data.tags["picture_error"] == "no test split here"
+    assert "warning: the embedding map could not be drawn (no test split here)" in capsys.readouterr().out
 
 
 def test_stopped_run_resumes_exactly(tmp_path: Path, mlflow_uri: str, tiny_reference: Reference) -> None:

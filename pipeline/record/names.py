@@ -8,6 +8,8 @@ STOPPED_TAG = "stopped_early"
 ERROR_TAG = "error"
 # On a finished run whose backbone could not be logged as an MLflow model: why.
 MODEL_ERROR_TAG = "model_error"
+# On a finished run whose pictures could not be drawn: why.
+PICTURE_ERROR_TAG = "picture_error"
 # On a trial's child run that an interrupted sweep left unfinished: when, and that a re-run resumes it.
 INTERRUPTED_TAG = "interrupted"
 RUN_NAME_TAG = "run_name"
@@ -24,6 +26,8 @@ AXIS_TAG_PREFIX = "axis."
 
 CONFIG_ARTIFACT = "config.yaml"
 SUMMARY_ARTIFACT = "summary.json"
+# The run's pictures (the test embeddings' 2-D map), as artifacts and in the run folder.
+PICTURES_DIR = "pictures"
 # On a sweep's parent run: the planned trials (name, axis values, seed), so a report knows the pending ones.
 TRIALS_ARTIFACT = "trials.json"
 
