@@ -32,7 +32,8 @@ from pipeline.faults import FaultHooks
 from pipeline.methods import EpochContext, Method, StepInfo, build_method, get_method
 from pipeline.optim import build_optimizer, lr_schedule
 from pipeline.progress import ProgressReporter, format_duration
-from pipeline.record.run import RunHandle, last_logged_step, log_metrics, log_text
+from pipeline.record.names import PICTURES_DIR
+from pipeline.record.run import RunHandle, last_logged_step, log_artifact, log_metrics, log_text
 from pipeline.sessions import RayTrainSession, WorkerSession
 from pipeline.step import autocast_dtype, batch_to_device, to_device, train_step
 
@@ -297,6 +298,15 @@ def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done:
     setup.session.report(metrics, state, epochs_done)
 
 
+def _record_pictures(run: RunHandle, run_dir: Path, pictures: dict[str, bytes]) -> None:
+    """Save a method's pictures (PNG bytes by file name) in the run folder's ``pictures/`` and log them there."""
+    for name, png in pictures.items():
+        path = run_dir / PICTURES_DIR / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        log_artifact(run, path, PICTURES_DIR)
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train one Ray Train worker's share of the run (``loop_config`` holds a ``LoopInputs``'s fields)."""
     run_loop(LoopInputs(**loop_config), RayTrainSession())
@@ -338,6 +348,7 @@ def run_loop(inputs: LoopInputs, session: WorkerSession) -> None:
             log_metrics(run, metrics, step=epoch)
             for artifact_file, text in report.artifacts.items():
                 log_text(run, text, artifact_file)
+            _record_pictures(run, run_dir, report.pictures)
         _save_and_report(setup, metrics, epoch + 1, global_step)
         faults.maybe_pause("after_report", epoch + 1)
         if setup.rank == 0:

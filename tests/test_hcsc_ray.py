@@ -105,5 +105,16 @@ def test_three_epochs_with_warm_up_and_the_clustering_actor(
     )
     assert summary["sizes"] == [12, 6, 3] and summary["weights_after_epochs"] == 3 - 1 - staleness[-1]
     assert "assignments" not in summary
+    levels = summary["levels"]
+    assert [len(level["sizes"]) for level in levels] == [12, 6, 3]
+    assert all(sum(level["sizes"]) == 64 for level in levels)  # every training image in one prototype per level
+    assert all(-1 <= label < 20 for level in levels for label in level["majority"])
+    assert max(levels[0]["parents"]) < 6 and max(levels[1]["parents"]) < 3
+    assert "parents" not in levels[-1]
+    listed = client.list_artifacts(result.mlflow_run_id, "pictures")
+    pictures = {artifact.path: artifact.file_size for artifact in listed}
+    assert sorted(pictures) == ["pictures/embedding_map_epoch_0003.png", "pictures/hierarchy_epoch_0003.png"]
+    assert min(pictures.values()) > 1000
+    assert (tmp_path / "runs" / f"hcsc-{mode}" / "pictures" / "hierarchy_epoch_0003.png").is_file()
 
     assert wait_until_gone(actor_name(f"hcsc-{mode}", "clustering")), "the clustering actor outlived the run"

@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from pipeline.clustering.hierarchy import Hierarchy, hierarchical_kmeans, hierarchy_sizes
-from pipeline.clustering.statistics import hierarchy_statistics
+from pipeline.clustering.statistics import hierarchy_statistics, hierarchy_tree
 from pipeline.config import DataConfig
 from pipeline.data.build import build_source
 from pipeline.data.recipes import EVAL_VIEW
@@ -46,6 +46,8 @@ class ClusteringResult:
     hierarchy: Hierarchy
     extract_seconds: float
     statistics: dict[str, float]
+    # Per level, finest first: each prototype's size, majority class and parent (statistics.hierarchy_tree).
+    tree: list[dict[str, list[int]]] = field(default_factory=list)
 
     @property
     def seconds(self) -> float:
@@ -130,7 +132,8 @@ class ClusteringActor:
                 temperature=self.temperature,
             )
             statistics = hierarchy_statistics(hierarchy, self.labels, self.coarse_labels)
-            value = ClusteringResult(key, hierarchy, extract_seconds, statistics)
+            tree = hierarchy_tree(hierarchy, self.labels)
+            value = ClusteringResult(key, hierarchy, extract_seconds, statistics, tree)
         except Exception:  # noqa: BLE001 - every failure must reach the waiting ranks, not die in this thread
             value = traceback.format_exc()
         with self._ready:

@@ -133,10 +133,12 @@ class ActorSpec:
 
 @dataclass
 class EpochReport:
-    """What a method reports about an epoch's preparation: metrics (logged with the epoch's) and text artifacts.
+    """What a method reports about an epoch's preparation: metrics (logged with the epoch's), texts and pictures.
 
-    ``artifacts`` maps an artifact path (e.g. ``hierarchy/epoch_0003.json``) to its text; rank 0 logs them.
+    ``artifacts`` maps an artifact path (e.g. ``hierarchy/epoch_0003.json``) to its text; ``pictures`` maps a
+    PNG file name to its bytes, saved in the run folder's ``pictures/`` and logged there. Rank 0 records both.
     """
 
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    pictures: dict[str, bytes] = field(default_factory=dict)

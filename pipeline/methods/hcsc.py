@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ExperimentConfig
+from pipeline.evaluation.pictures import hierarchy_png
 from pipeline.losses import icsc, icsc_selection_probs, pcsc, pcsc_negative_ids, pcsc_selection_probs
 from pipeline.method_configs import HcscConfig
 from pipeline.methods import register_method
@@ -203,8 +204,18 @@ class Hcsc(MoCo):
             "device": hierarchy.device,
             "kmeans_s": hierarchy.seconds,
             "extract_s": result.extract_seconds,
+            "levels": result.tree,
         }
-        return EpochReport(metrics, {f"hierarchy/epoch_{epoch + 1:04d}.json": json.dumps(summary, indent=2)})
+        artifacts = {f"hierarchy/epoch_{epoch + 1:04d}.json": json.dumps(summary, indent=2)}
+        pictures = {}
+        # The picture of the hierarchy the last epoch trains with, drawn once (rank 0 records it).
+        if epoch + 1 == self.context.config.train.epochs and self.context.rank == 0 and result.tree:
+            title = f"HCSC hierarchy the last epoch ({epoch + 1}) trains with"
+            try:
+                pictures[f"hierarchy_epoch_{epoch + 1:04d}.png"] = hierarchy_png(result.tree, title)
+            except Exception as error:  # noqa: BLE001 - a picture is never worth the run; the JSON holds the same tree
+                print(f"warning: the HCSC hierarchy picture could not be drawn ({type(error).__name__}: {error})")
+        return EpochReport(metrics, artifacts, pictures)
 
     def epoch_report(self) -> EpochReport:
         """Return the clustering metrics of this epoch's hierarchy and its sizes as an artifact."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.clustering import Hierarchy, Level, adjusted_rand_index, normalized_mutual_info
-from pipeline.clustering.statistics import hierarchy_statistics
+from pipeline.clustering.statistics import hierarchy_statistics, hierarchy_tree
 
 
 def two_levels() -> Hierarchy:
@@ -45,3 +45,18 @@ def test_agreement_is_left_out_without_known_labels() -> None:
     statistics = hierarchy_statistics(two_levels(), np.full(8, -1), None)
     assert not [key for key in statistics if "nmi" in key or "ari" in key]
     assert statistics["level1/non_empty"] == 2
+
+
+def test_the_tree_gives_each_prototype_its_size_majority_class_and_parent() -> None:
+    # Level 0: cluster 0 holds images 0, 1 (class 0) and 7 (unknown); cluster 1 images 2, 3 (class 1); cluster 2
+    # images 4, 5 (class 2) and 6 (class 1); cluster 3 none. Level 1: cluster 0 holds clusters 0 and 1 of level 0,
+    # two images of class 0 and two of class 1: a tie, which goes to the smaller class.
+    labels = np.array([0, 0, 1, 1, 2, 2, 1, -1])
+
+    tree = hierarchy_tree(two_levels(), labels)
+
+    assert tree == [
+        {"sizes": [3, 2, 3, 0], "majority": [0, 1, 2, -1], "parents": [0, 0, 1, 1]},
+        {"sizes": [5, 3], "majority": [0, 2]},
+    ]
+    assert [level["majority"] for level in hierarchy_tree(two_levels())] == [[-1] * 4, [-1] * 2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.evaluation import pictures
-from pipeline.evaluation.pictures import embedding_map_png, project_2d
+from pipeline.evaluation.pictures import _level_positions, embedding_map_png, hierarchy_png, project_2d
 
 HAS_UMAP = importlib.util.find_spec("umap") is not None
 
@@ -62,3 +62,21 @@ def test_the_map_is_a_png_and_large_sets_are_subsampled(tmp_path: Path, monkeypa
     assert projection in {"UMAP", "PCA"}
     assert seen == [40]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+TREE = [
+    {"sizes": [3, 2, 3, 0], "majority": [0, 1, 2, -1], "parents": [1, 0, 1, 0]},
+    {"sizes": [2, 6], "majority": [1, 2]},
+]
+
+
+def test_children_sit_under_their_parents() -> None:
+    lower, upper = _level_positions(TREE)
+    assert upper.tolist() == [0.25, 0.75]
+    # Parent 0's children (1 and 3, larger first) take the left half, parent 1's (0 and 2) the right.
+    assert np.argsort(lower).tolist() == [1, 3, 0, 2]
+
+
+def test_the_hierarchy_is_a_png() -> None:
+    png = hierarchy_png(TREE, "hcsc: hierarchy")
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
