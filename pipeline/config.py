@@ -148,12 +148,25 @@ class LinearEvalConfig(Section):
     augmented: AugmentedProbeConfig = AugmentedProbeConfig()
 
 
+class OnlineProbeConfig(Section):
+    """A linear head trained during pretraining on detached features of the un-augmented view (``online/top1``)."""
+
+    # auto: on when the training set has labelled images (pipeline.evaluation.online_probe).
+    enabled: bool | Literal["auto"] = "auto"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
 class EvalConfig(Section):
-    """Per-epoch kNN monitor, baselines and the linear evaluation stage."""
+    """Per-epoch kNN monitor, online probe, baselines and the linear evaluation stage."""
 
     knn_k: int = Field(200, ge=1)
     knn_temperature: float = Field(0.1, gt=0)
     knn_every: int = Field(1, ge=1)
+    online_probe: OnlineProbeConfig = OnlineProbeConfig()
+    # At the end of a run: the test embeddings' 2-D map, and HCSC's prototype hierarchy (pipeline.evaluation.pictures).
+    pictures: bool = True
     pixel_baseline: bool = True
     linear: LinearEvalConfig = LinearEvalConfig()
 
@@ -198,7 +211,9 @@ class TrackingConfig(Section):
     fallback_uri: str | None = None
     parent_run_id: str | None = None
     tags: dict[str, str] = {}
-    # The final backbone is always logged as the run's MLflow model ``backbone``; a name also registers it.
+    # The final backbone is logged as the run's MLflow model ``backbone`` (about 1-3 s and the network's size per
+    # run; false skips it, ``pipeline.export`` still writes the weights); a name also registers it.
+    log_model: bool = True
     register_model: str | None = Field(None, min_length=1)
 
 

@@ -346,7 +346,7 @@ def record_result(plan: RunPlan, run: RunHandle, baseline: float | None, started
     config = plan.config
     checkpoint_dir = latest_checkpoint(plan.run_dir)
     metrics = {} if checkpoint_dir is None else checkpoint_metrics(checkpoint_dir)
-    final = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("knn/", "train/loss"))}
+    final = {f"final/{k}": v for k, v in metrics.items() if k.startswith(("knn/", "online/", "train/loss"))}
     if latest_metric(run, "final/train/loss") is None:
         log_metrics(run, final, step=config.train.epochs)
     result = PretrainResult(
@@ -360,8 +360,9 @@ def record_result(plan: RunPlan, run: RunHandle, baseline: float | None, started
     )
     set_tags(run, {CHECKPOINT_TAG: result.checkpoint_path or ""})
     log_text(run, json.dumps(result.summary(), indent=2), SUMMARY_ARTIFACT)
-    log_backbone_model(run, plan.run_dir, config.tracking.register_model)
-    if checkpoint_dir is not None:
+    if config.tracking.log_model:
+        log_backbone_model(run, plan.run_dir, config.tracking.register_model)
+    if checkpoint_dir is not None and config.eval.pictures:
         draw_pictures(plan, run, checkpoint_dir)
     finish_run(run, "FINISHED")
     return result

@@ -28,8 +28,11 @@ def print_result(result: PretrainResult) -> None:
     knn = result.metrics.get("knn/top1")
     print("\n=== pretraining finished ===")
     print(f"run            {result.run_name}  ({result.wall_time_s:.0f}s)")
+    online = result.metrics.get("online/top1")
     if knn is not None:
         print(f"kNN top-1      {knn:.2f}%")
+    if online is not None:
+        print(f"online probe   {online:.2f}%  (linear head trained beside pretraining; not the offline protocol)")
     if result.pixel_knn_top1 is not None:
         print(f"raw-pixel kNN  {result.pixel_knn_top1:.2f}%  (baseline on the same data)")
     print(f"checkpoint     {result.checkpoint_path}")

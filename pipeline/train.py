@@ -26,8 +26,9 @@ from pipeline.data.batched_views import BatchedViews, DeviceImage, augmentation_
 from pipeline.data.build import build_source
 from pipeline.data.loader import EpochLoader, build_loader
 from pipeline.data.recipes import EVAL_VIEW
-from pipeline.data.views import build_view
-from pipeline.evaluation.monitor import knn_monitor
+from pipeline.data.views import build_view, build_views
+from pipeline.evaluation.monitor import extract_features, knn_monitor, sharded_top1
+from pipeline.evaluation.online_probe import ONLINE_PROBE_VIEW, OnlineProbe, probe_enabled
 from pipeline.faults import FaultHooks
 from pipeline.methods import EpochContext, Method, StepInfo, build_method, get_method
 from pipeline.optim import build_optimizer, lr_schedule
@@ -100,6 +101,7 @@ class WorkerSetup:
     learning_rates: np.ndarray
     progress: ProgressReporter
     device_views: BatchedViews | None  # data.augment_on = device: the views, made per batch after the transfer
+    online_probe: OnlineProbe | None  # eval.online_probe: a linear head trained beside the method
 
     @property
     def total_steps(self) -> int:
@@ -114,8 +116,18 @@ def _build(config: ExperimentConfig, session: WorkerSession, progress: ProgressR
     method_class = get_method(config.method.name)
     data, workers = config.data, config.data.num_workers
 
-    device_views = BatchedViews(method_class.views(config), data) if data.augment_on == "device" else None
-    transform = DeviceImage(data) if device_views is not None else method_class.train_transform(config)
+    eval_view = build_view(EVAL_VIEW, data)
+    # The training set under the evaluation view serves the kNN memory bank and the methods' per-epoch passes.
+    train_image_source = build_source(data, "train", transform=eval_view)
+    test_image_source = build_source(data, "test", transform=eval_view)
+    num_classes = train_image_source.num_classes
+    with_probe = probe_enabled(config.eval.online_probe, train_image_source.labels, num_classes)
+    recipes = method_class.views(config)
+    if with_probe:
+        # The evaluation view draws no random numbers: the method's own views stay what they are without the probe.
+        recipes = {**recipes, ONLINE_PROBE_VIEW: EVAL_VIEW}
+    device_views = BatchedViews(recipes, data) if data.augment_on == "device" else None
+    transform = DeviceImage(data) if device_views is not None else build_views(recipes, data)
     train_source = build_source(data, "train", transform=transform)
     shard = {"rank": rank, "world_size": world_size, "seed": data.seed, "num_workers": workers}
     train_loader = build_loader(train_source, local_batch, shuffle=True, drop_last=True, **shard)
@@ -123,10 +135,6 @@ def _build(config: ExperimentConfig, session: WorkerSession, progress: ProgressR
         raise ValueError(
             f"the training set ({len(train_source)} images) is smaller than one batch per worker ({local_batch})"
         )
-    eval_view = build_view(EVAL_VIEW, data)
-    # The training set under the evaluation view serves the kNN memory bank and the methods' per-epoch passes.
-    train_image_source = build_source(data, "train", transform=eval_view)
-    test_image_source = build_source(data, "test", transform=eval_view)
     train_images = build_loader(train_image_source, local_batch, shuffle=False, drop_last=False, **shard)
     test_images = build_loader(test_image_source, local_batch, shuffle=False, drop_last=False, **shard)
 
@@ -145,6 +153,10 @@ def _build(config: ExperimentConfig, session: WorkerSession, progress: ProgressR
     optimizer = build_optimizer(config.optim, method)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
     learning_rates = lr_schedule(config.optim, config.train.batch_size, len(train_loader), config.train.epochs)
+    online_probe = None
+    if with_probe:
+        feature_dim = method.evaluation_networks()["backbone"].feature_dim
+        online_probe = OnlineProbe(feature_dim, num_classes, config.eval.online_probe, device)
     return WorkerSetup(
         config=config,
         session=session,
@@ -161,10 +173,11 @@ def _build(config: ExperimentConfig, session: WorkerSession, progress: ProgressR
         test_images=test_images,
         train_labels=torch.as_tensor(train_image_source.labels, dtype=torch.long),
         test_labels=torch.as_tensor(test_image_source.labels, dtype=torch.long),
-        num_classes=train_source.num_classes,
+        num_classes=num_classes,
         learning_rates=learning_rates,
         progress=progress,
         device_views=device_views,
+        online_probe=online_probe,
     )
 
 
@@ -204,6 +217,8 @@ def _restore(setup: WorkerSetup, resume_from: str | None) -> tuple[int, int]:
     setup.method.load_state_dict(state["method"])
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.scaler.load_state_dict(state["scaler"])
+    if setup.online_probe is not None and "online_probe" in state:
+        setup.online_probe.load_state_dict(state["online_probe"])
     if setup.rank == 0:
         setup.progress.say(f"resumed from {where}: {state['epoch']} epochs done, step {state['global_step']}")
     return int(state["epoch"]), int(state["global_step"])
@@ -216,11 +231,13 @@ def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, faults: Fault
     generator = augmentation_generator(device, config.train.seed, setup.rank, epoch)
     steps = len(setup.train_loader)
     sums: dict[str, torch.Tensor] = {}
+    probe_sums: dict[str, torch.Tensor] = {}
     started = time.perf_counter()
     for step_in_epoch, raw in enumerate(setup.train_loader):
         batch = batch_to_device(raw, device, config.train.channels_last)
         if setup.device_views is not None:
             batch.views = to_device(setup.device_views(batch.views, generator), device, config.train.channels_last)
+        probe_images = batch.views.pop(ONLINE_PROBE_VIEW, None)
         losses = train_step(
             setup.model,
             setup.method,
@@ -233,6 +250,10 @@ def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, faults: Fault
         )
         for key, value in losses.items():
             sums[key] = sums.get(key, 0) + value.float()
+        if setup.online_probe is not None:
+            backbone = setup.method.evaluation_networks()["backbone"]
+            for key, value in setup.online_probe.step(backbone, probe_images, batch.labels, amp_dtype).items():
+                probe_sums[key] = probe_sums.get(key, 0) + value
         global_step += 1
         done = step_in_epoch + 1
         if done == 1:
@@ -245,6 +266,7 @@ def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, faults: Fault
                 f"{rate:.0f} img/s, epoch ETA {format_duration(elapsed / done * (steps - done))}"
             )
     metrics = {f"train/{key}": value for key, value in _mean_across_workers(sums, steps).items()}
+    metrics.update({f"online/{key}": value for key, value in _mean_across_workers(probe_sums, steps).items()})
     metrics["train/lr"] = float(setup.learning_rates[global_step - 1])
     return metrics, global_step
 
@@ -264,22 +286,37 @@ def _epoch_context(setup: WorkerSetup, epoch: int, resources: dict[str, Any]) ->
     )
 
 
-def _knn_top1(setup: WorkerSetup) -> float:
-    """Return the weighted-kNN top-1 of the method's backbone, test set against the training set."""
+def _monitor(setup: WorkerSetup, knn_due: bool) -> dict[str, float]:
+    """Return this epoch's test-split figures: weighted-kNN top-1 when due, the online probe's top-1 when it runs.
+
+    The test split is embedded once for both; the kNN bank is the training set under the evaluation view.
+    """
+    if not knn_due and setup.online_probe is None:
+        return {}
     config = setup.config
-    return knn_monitor(
-        setup.method.evaluation_networks()["backbone"],
-        setup.train_images,
-        setup.train_labels,
-        setup.test_images,
-        setup.test_labels,
-        setup.num_classes,
-        config.eval.knn_k,
-        config.eval.knn_temperature,
-        setup.device,
-        setup.amp_dtype,
-        config.train.channels_last,
+    backbone = setup.method.evaluation_networks()["backbone"]
+    features, index = extract_features(
+        backbone, setup.test_images, setup.device, setup.amp_dtype, config.train.channels_last, normalize=False
     )
+    figures = {}
+    if setup.online_probe is not None:
+        figures["online/top1"] = sharded_top1(setup.online_probe.predict(features), index, setup.test_labels)
+    if knn_due:
+        figures["knn/top1"] = knn_monitor(
+            backbone,
+            setup.train_images,
+            setup.train_labels,
+            features,
+            index,
+            setup.test_labels,
+            setup.num_classes,
+            config.eval.knn_k,
+            config.eval.knn_temperature,
+            setup.device,
+            setup.amp_dtype,
+            config.train.channels_last,
+        )
+    return figures
 
 
 def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done: int, global_step: int) -> None:
@@ -295,6 +332,8 @@ def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done:
         "scaler": setup.scaler.state_dict(),
         "metrics": metrics,
     }
+    if setup.online_probe is not None:
+        state["online_probe"] = setup.online_probe.state_dict()
     setup.session.report(metrics, state, epochs_done)
 
 
@@ -336,9 +375,10 @@ def run_loop(inputs: LoopInputs, session: WorkerSession) -> None:
         train_time = time.perf_counter() - started
         metrics["perf/images_per_s"] = len(setup.train_loader) * config.train.batch_size / train_time
         _broadcast_buffers(setup.method)
-        if (epoch + 1) % config.eval.knn_every == 0 or epoch + 1 == config.train.epochs:
+        knn_due = (epoch + 1) % config.eval.knn_every == 0 or epoch + 1 == config.train.epochs
+        if knn_due:
             faults.maybe_pause("knn", epoch + 1)
-            metrics["knn/top1"] = _knn_top1(setup)
+        metrics.update(_monitor(setup, knn_due))
         metrics["perf/epoch_time_s"] = time.perf_counter() - started
         metrics["epoch"] = epoch + 1
         epoch_times.append(metrics["perf/epoch_time_s"])
@@ -354,7 +394,8 @@ def run_loop(inputs: LoopInputs, session: WorkerSession) -> None:
         if setup.rank == 0:
             eta = format_duration(float(np.mean(epoch_times)) * (config.train.epochs - epoch - 1))
             knn = f" knn {metrics['knn/top1']:.2f}%" if "knn/top1" in metrics else ""
+            online = f" online {metrics['online/top1']:.2f}%" if "online/top1" in metrics else ""
             setup.progress.say(
-                f"epoch {epoch + 1}/{config.train.epochs} loss {metrics['train/loss']:.4f}{knn} "
+                f"epoch {epoch + 1}/{config.train.epochs} loss {metrics['train/loss']:.4f}{knn}{online} "
                 f"{metrics['perf/images_per_s']:.0f} img/s {metrics['perf/epoch_time_s']:.1f}s ETA {eta}"
             )

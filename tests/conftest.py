@@ -42,12 +42,13 @@ def ray_session() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tiny_reference(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Reference:
-    """Return the tiny quickstart (2 workers, 2 epochs, pixel baseline on) run once for the whole session."""
+    """Return the tiny quickstart (2 workers, 2 epochs, pixel baseline, MLflow model, pictures) run once per session."""
     from pipeline.launch import pretrain
 
     folder = tmp_path_factory.mktemp("reference")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    result = pretrain(tiny_config(folder, uri, **{"ray.run_name": "reference", "eval.pixel_baseline": True}))
+    overrides = {"ray.run_name": "reference", "eval.pixel_baseline": True, "tracking.log_model": True}
+    result = pretrain(tiny_config(folder, uri, **overrides, **{"eval.pictures": True}))
     return Reference(result, uri)
 
 

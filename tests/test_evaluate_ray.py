@@ -37,7 +37,8 @@ def test_evaluation_lands_in_the_run_is_reused_and_refuses_unfit_runs(tmp_path: 
             "eval.linear.epochs": 5,
         },
     )
-    result = pretrain(config)
+    # Pretrained in this process (the loop is not this test's subject); the augmented protocol below runs on Ray.
+    result = pretrain(config, local=True)
     run_dir = tmp_path / "runs" / "probe"
     assert set(result.evaluation) == {"backbone"}
     assert 0 <= result.evaluation["backbone"]["top1"] <= 100

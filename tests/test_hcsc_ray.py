@@ -67,6 +67,7 @@ def test_three_epochs_with_warm_up_and_the_clustering_actor(
             "method.clustering.niter": 5,
             "method.clustering.nredo": 1,
             "eval.linear.enabled": False,
+            "eval.pictures": True,
             "ray.run_name": f"hcsc-{mode}",
             **overrides,
         },

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrackingConfig
-from pipeline.record.names import STOPPED_TAG, SWEEP_TAG, TRIAL_TAG
+from pipeline.record.names import STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, metric_protocol
 from pipeline.record.run import RunHandle, log_artifact, metric_history
 from pipeline.record.store import TrackingError, existing_store, resolve_tracking_uri
 from pipeline.record.sweep import child_runs, find_parent, planned_trials
@@ -258,7 +258,9 @@ def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
         counts[record.status] += 1
     status = ", ".join(f"{count} {state.lower()}" for state, count in sorted(counts.items()))
     title = f"## Sweep {parent.data.tags.get(SWEEP_TAG, sweep)} ({metric}, {mode}; {status})"
-    markdown = f"{title}\n\n{markdown_table(rows, axes, metric)}\n"
+    protocol = metric_protocol(metric)
+    legend = f"{metric}: {protocol}.\n\n" if protocol else ""
+    markdown = f"{title}\n\n{legend}{markdown_table(rows, axes, metric)}\n"
     (folder / "report.md").write_text(markdown)
     write_csv(rows, axes, folder / "report.csv")
     files = [folder / "report.md", folder / "report.csv", *plot_axes(rows, axes, metric, folder)]

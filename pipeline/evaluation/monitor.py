@@ -1,4 +1,4 @@
-"""Feature extraction over a sharded loader and the per-epoch weighted kNN monitor across workers."""
+"""Feature extraction over a sharded loader, top-1 across workers, and the per-epoch weighted kNN monitor."""
 
 from __future__ import annotations
 
@@ -95,11 +95,24 @@ def gather_by_index(
     return result
 
 
+def sharded_top1(predictions: torch.Tensor, index: torch.Tensor, labels: torch.Tensor) -> float:
+    """Return top-1 (percent) of each worker's ``predictions`` for the samples at ``index``, across workers.
+
+    Per-sample correctness is gathered by index, so that the repeats a padding sampler adds count once.
+    """
+    correct = (predictions == labels.to(predictions.device)[index]).float()
+    total = labels.shape[0]
+    correct_all = gather_by_index(correct, index, total)
+    seen_all = gather_by_index(torch.ones_like(correct), index, total)
+    return float(100.0 * correct_all.sum() / seen_all.sum().clamp_min(1))
+
+
 def knn_monitor(
     backbone: nn.Module,
     memory_batches: Iterable,
     memory_labels: torch.Tensor,
-    query_batches: Iterable,
+    query_features: torch.Tensor,
+    query_index: torch.Tensor,
     query_labels: torch.Tensor,
     num_classes: int,
     k: int,
@@ -108,22 +121,22 @@ def knn_monitor(
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> float:
-    """Return weighted-kNN top-1 (percent) of the query set against the memory bank, computed across workers.
+    """Return weighted-kNN top-1 (percent) of this worker's query features against the memory bank, across workers.
 
-    Each worker embeds its shard of both sets; the bank is all-gathered, each worker classifies its
-    own queries, and per-sample correctness is gathered by index so that padded repeats count once.
+    ``query_features`` are the worker's pooled features of its query shard (``extract_features``, normalised
+    or not: they are L2-normalised here) at sample ``query_index``. Each worker embeds its shard of the
+    memory set, the bank is all-gathered, and each worker classifies its own queries.
     """
     memory_features, memory_index = extract_features(backbone, memory_batches, device, autocast_dtype, channels_last)
     bank = gather_by_index(memory_features, memory_index, memory_labels.shape[0])
     memory_labels = memory_labels.to(device)
     labelled = memory_labels >= 0  # unlabelled training images (label -1, e.g. STL-10's) cannot vote
-    query_features, query_index = extract_features(backbone, query_batches, device, autocast_dtype, channels_last)
     predictions = weighted_knn_predict(
-        bank[labelled], memory_labels[labelled], query_features, num_classes, k=k, temperature=temperature
+        bank[labelled],
+        memory_labels[labelled],
+        F.normalize(query_features, dim=1),
+        num_classes,
+        k=k,
+        temperature=temperature,
     )
-    correct = (predictions == query_labels.to(device)[query_index]).float()
-    seen = torch.ones_like(correct)
-    total = query_labels.shape[0]
-    correct_all = gather_by_index(correct, query_index, total)
-    seen_all = gather_by_index(seen, query_index, total)
-    return float(100.0 * correct_all.sum() / seen_all.sum().clamp_min(1))
+    return sharded_top1(predictions, query_index, query_labels)

@@ -82,7 +82,11 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
 
     @abstractmethod
     def evaluation_networks(self) -> dict[str, nn.Module]:
-        """Return the networks whose pooled features are evaluated, by name; ``"backbone"`` comes first."""
+        """Return the networks whose pooled features are evaluated, by name; ``"backbone"`` comes first.
+
+        Each maps images ``[B, 3, H, W]`` to features ``[B, feature_dim]`` and has a ``feature_dim`` attribute
+        (the online probe's head is sized from the backbone's).
+        """
 
     def compiled_networks(self) -> list[nn.Module]:
         """Return the sub-networks ``train.compile`` compiles in place: by default every trainable direct child.

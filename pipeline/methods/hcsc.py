@@ -209,7 +209,8 @@ class Hcsc(MoCo):
         artifacts = {f"hierarchy/epoch_{epoch + 1:04d}.json": json.dumps(summary, indent=2)}
         pictures = {}
         # The picture of the hierarchy the last epoch trains with, drawn once (rank 0 records it).
-        if epoch + 1 == self.context.config.train.epochs and self.context.rank == 0 and result.tree:
+        config = self.context.config
+        if config.eval.pictures and epoch + 1 == config.train.epochs and self.context.rank == 0 and result.tree:
             title = f"HCSC hierarchy the last epoch ({epoch + 1}) trains with"
             try:
                 pictures[f"hierarchy_epoch_{epoch + 1:04d}.png"] = hierarchy_png(result.tree, title)

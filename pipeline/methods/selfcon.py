@@ -33,6 +33,7 @@ class BranchFeatures(nn.Module):
         super().__init__()
         self.network = network
         self.index = index
+        self.feature_dim = network.backbone.feature_dim  # every branch's pooled features have the backbone's width
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return the branch's pooled features ``[B, feature_dim]``."""

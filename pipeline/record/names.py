@@ -41,3 +41,22 @@ def children_filter(parent_run_id: str, trial: str | None = None) -> str:
     """Return the MLflow search filter of the child runs of ``parent_run_id`` (only trial ``trial``'s if given)."""
     found = f"tags.{PARENT_TAG} = '{parent_run_id}'"
     return found if trial is None else f"{found} and tags.{TRIAL_TAG} = '{trial}'"
+
+
+# Which protocol produced a recorded accuracy, by the start of its metric name (``final/`` dropped): reports and
+# summaries print it beside the number, so that a figure is never read under the wrong protocol.
+METRIC_PROTOCOLS = {
+    "knn/": "weighted kNN on frozen backbone features of un-augmented images, test against train, during pretraining",
+    "online/": "online linear probe: a linear head trained during pretraining on detached backbone features of "
+    "un-augmented images, encoder untouched",
+    "eval/features/": "offline linear probe (features protocol): trained on frozen features of un-augmented "
+    "training images after pretraining",
+    "eval/augmented/": "offline linear probe (augmented protocol, the papers'): trained on crops and flips through "
+    "the frozen backbone after pretraining",
+}
+
+
+def metric_protocol(metric: str) -> str | None:
+    """Return the evaluation protocol behind ``metric`` (e.g. ``final/knn/top1``), or None if it is no accuracy."""
+    name = metric.removeprefix("final/")
+    return next((text for prefix, text in METRIC_PROTOCOLS.items() if name.startswith(prefix)), None)

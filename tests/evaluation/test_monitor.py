@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.evaluation.knn import knn_top1
-from pipeline.evaluation.monitor import gather_by_index, knn_monitor
+from pipeline.evaluation.monitor import extract_features, gather_by_index, knn_monitor, sharded_top1
 
 
 class Identity(nn.Module):
@@ -35,6 +35,13 @@ def test_gather_by_index_places_rows_and_tolerates_repeats() -> None:
     assert placed.squeeze(1).tolist() == [2.0, 3.0, 1.0]
 
 
+def test_sharded_top1_counts_a_padded_repeat_once() -> None:
+    labels = torch.tensor([0, 1, 2, 1])
+    # Sample 3 is seen twice (a padding repeat), right both times; sample 1 is wrong: 3 of 4 samples right.
+    predictions = torch.tensor([0, 0, 2, 1, 1])
+    assert sharded_top1(predictions, torch.tensor([0, 1, 2, 3, 3]), labels) == 75.0
+
+
 def test_monitor_matches_pure_knn_and_ignores_unlabelled_bank_entries() -> None:
     generator = torch.Generator().manual_seed(0)
     bank = F.normalize(torch.randn(60, 8, generator=generator), dim=1)
@@ -45,11 +52,15 @@ def test_monitor_matches_pure_knn_and_ignores_unlabelled_bank_entries() -> None:
     with_unlabelled = bank_labels.clone()
     with_unlabelled[:10] = -1
 
+    query_features, query_index = extract_features(
+        Identity(), batches(queries, query_labels, torch.arange(20), 7), torch.device("cpu"), normalize=False
+    )
     top1 = knn_monitor(
         Identity(),
         batches(bank, with_unlabelled, order, 16),
         with_unlabelled,
-        batches(queries, query_labels, torch.arange(20), 7),
+        query_features,
+        query_index,
         query_labels,
         num_classes=3,
         k=5,

@@ -46,7 +46,8 @@ def test_short_resources_record_nothing_and_a_finished_run_is_never_failed(tmp_p
     assert not (tmp_path / "runs" / "short" / RUN_ID_FILE).exists()
     assert runs_in(mlflow_uri) == []
 
-    finished = pretrain(tiny_config(tmp_path, mlflow_uri, **{"ray.num_workers": 1, "ray.run_name": "short"}))
+    one_worker = tiny_config(tmp_path, mlflow_uri, **{"ray.num_workers": 1, "ray.run_name": "short"})
+    finished = pretrain(one_worker, local=True)
     client = MlflowClient(mlflow_uri)
     assert client.get_run(finished.mlflow_run_id).data.params["ray.num_workers"] == "1"
 

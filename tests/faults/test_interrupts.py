@@ -1,6 +1,7 @@
 """Interrupt a run at several points (SIGINT, SIGTERM, SIGKILL of the driver), rerun, get the uninterrupted result.
 
-Each interrupted attempt is a real ``python -m pipeline.pretrain`` process with its own local Ray; the
+Each interrupted attempt is a real ``python -m pipeline.pretrain`` process, with its own local Ray or (the last
+two, whose subject is the run folder, not Ray) ``--local`` on one thread like a one-CPU Ray worker; the
 ``PIPELINE_TEST_PAUSE_AT`` hook stops rank 0 at a named point so the signal lands exactly there.
 """
 
@@ -34,13 +35,17 @@ HISTORY = ("train/loss", "train/info_nce", "train/lr", "knn/top1")
 class Attempt:
     """One ``python -m pipeline.pretrain`` in its own process session, optionally pausing at ``pause``."""
 
-    def __init__(self, overrides: dict[str, object], pause: str | None, log: Path) -> None:
+    def __init__(self, overrides: dict[str, object], pause: str | None, log: Path, local: bool = False) -> None:
         arguments = [sys.executable, "-m", "pipeline.pretrain", "--config", "quickstart.yaml"]
         for key, value in overrides.items():
             arguments += ["--set", f"{key}={value}"]
         env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
         env.pop(PAUSE_ENV, None)
         env.pop("RAY_ADDRESS", None)
+        if local:
+            # One thread, as Ray gives a one-CPU worker: the local loop then computes what the Ray worker does.
+            arguments.append("--local")
+            env["OMP_NUM_THREADS"] = "1"
         if pause:
             env[PAUSE_ENV] = pause
         self.log = log
@@ -76,7 +81,13 @@ def history(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, f
 
 def test_interrupts_at_any_point_resume_to_the_uninterrupted_result(tmp_path: Path, mlflow_uri: str) -> None:
     settings = {"ray.num_workers": 1, "train.epochs": EPOCHS}
-    reference = pretrain(tiny_config(tmp_path, mlflow_uri, **settings, **{"ray.run_name": "reference"}))
+    # The uninterrupted run in this process on one thread: what a one-CPU Ray worker computes (test_local_mode).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = pretrain(tiny_config(tmp_path, mlflow_uri, **settings, **{"ray.run_name": "reference"}), local=True)
+    finally:
+        torch.set_num_threads(threads)
 
     overrides = tiny_overrides(tmp_path, mlflow_uri, **settings, **{"ray.run_name": "chain"})
     run_dir = tmp_path / "runs" / "chain"
@@ -109,8 +120,8 @@ def test_interrupts_at_any_point_resume_to_the_uninterrupted_result(tmp_path: Pa
     assert "resuming run 'chain' from" in output and "epoch_0001 (1/3 epochs done)" in output
     assert client.get_run(run_id()).info.status == "KILLED"
 
-    # 4. SIGKILL during the kNN pass of epoch 3 (epoch 2's checkpoint is written by then).
-    attempt = Attempt(overrides, "knn:3", tmp_path / "attempt4.log")
+    # 4. SIGKILL during the kNN pass of epoch 3 (epoch 2's checkpoint is written by then), in one process.
+    attempt = Attempt(overrides, "knn:3", tmp_path / "attempt4.log", local=True)
     attempt.wait_for(pause_marker(run_dir, "knn", 3))
     attempt.finish(signal.SIGKILL)
     assert (run_dir / "epoch_0002" / CHECKPOINT_FILE).is_file() and not (run_dir / "epoch_0003").exists()
@@ -118,7 +129,7 @@ def test_interrupts_at_any_point_resume_to_the_uninterrupted_result(tmp_path: Pa
     # 5. A torn latest checkpoint (as a copy cut short leaves it): the run goes back to the previous one.
     torn = run_dir / "epoch_0002" / CHECKPOINT_FILE
     torn.write_bytes(torn.read_bytes()[:1000])
-    code, output = Attempt(overrides, None, tmp_path / "attempt5.log").finish()
+    code, output = Attempt(overrides, None, tmp_path / "attempt5.log", local=True).finish()
     assert code == 0, output
     assert "checkpoint epoch_0002 is unusable (checkpoint.pt has 1000 bytes of" in output
     assert "resuming from epoch_0001 instead" in output

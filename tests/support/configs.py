@@ -19,6 +19,9 @@ TINY = {
     "eval.knn_k": 10,
     "eval.pixel_baseline": False,
     "ray.num_workers": 2,
+    # Seconds per run that only their own tests need (tiny_reference and the picture tests turn them on).
+    "tracking.log_model": False,
+    "eval.pictures": False,
 }
 
 

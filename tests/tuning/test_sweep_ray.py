@@ -119,6 +119,7 @@ def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     written = report.write_report(mlflow_uri, parent.info.run_id, tmp_path / "report")
     header = "| data.root | data.source | method.temperature | knn/top1 | seeds done | failed |"
     assert header in written.markdown  # the file's key order
+    assert "knn/top1: weighted kNN on frozen backbone features" in written.markdown  # the number's protocol
     best = max(again[trial].data.metrics["knn/top1"] for trial in ("tiny_sweep-000", "tiny_sweep-002"))
     assert f"**{best:.2f}**" in written.markdown
     assert "| cifar10 | 0.1 | failed | 0/1 | 1 |" in written.markdown

@@ -1,17 +1,17 @@
-"""DSCL + PBSD trains for 2 epochs on long-tailed synthetic data on Ray Train, then the linear stage reports shots."""
+"""DSCL + PBSD trains 2 epochs on long-tailed synthetic data (a local run), then the linear stage reports shots.
+
+Its gathers across workers are checked by tests/distributed/test_world_size.py.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import load_config, with_overrides
 from pipeline.launch import pretrain
 from tests.support.configs import tiny_overrides
-
-pytestmark = pytest.mark.usefixtures("ray_session")
 
 
 def test_dscl_with_pbsd_on_long_tailed_data_then_class_balanced_probe(tmp_path: Path, mlflow_uri: str) -> None:
@@ -24,9 +24,10 @@ def test_dscl_with_pbsd_on_long_tailed_data_then_class_balanced_probe(tmp_path: 
             "method.pbsd.num_patches": 2,
             "train.epochs": 2,
             "eval.linear.epochs": 5,
+            "ray.num_workers": 1,
         },
     )
-    result = pretrain(with_overrides(load_config("dscl_synthetic_lt.yaml"), overrides))
+    result = pretrain(with_overrides(load_config("dscl_synthetic_lt.yaml"), overrides), local=True)
     client = MlflowClient(mlflow_uri)
     assert client.get_run(result.mlflow_run_id).info.status == "FINISHED"
     for key in ("train/dscl", "train/pbsd", "train/class_positives", "knn/top1"):

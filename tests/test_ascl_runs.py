@@ -1,4 +1,7 @@
-"""ASCL and ASCL-BYOL train for 2 epochs on Ray Train (2 workers) with their target statistics in MLflow."""
+"""ASCL and ASCL-BYOL train for 2 epochs (local runs, one worker) with their target statistics in MLflow.
+
+Their global-batch gathers across workers are checked by tests/distributed/test_world_size.py.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,6 @@ from mlflow import MlflowClient
 from pipeline.config import load_config, with_overrides
 from pipeline.launch import pretrain
 from tests.support.configs import tiny_overrides
-
-pytestmark = pytest.mark.usefixtures("ray_session")
 
 STATISTICS = ("train/confidence", "train/own_key_weight", "train/neighbour_agreement")
 
@@ -26,10 +27,10 @@ STATISTICS = ("train/confidence", "train/own_key_weight", "train/neighbour_agree
 def test_two_epoch_run_logs_target_statistics_every_epoch(
     tmp_path: Path, mlflow_uri: str, config_name: str, method: dict[str, object], loss: str
 ) -> None:
-    overrides = tiny_overrides(tmp_path, mlflow_uri, **method)
+    overrides = tiny_overrides(tmp_path, mlflow_uri, **method, **{"ray.num_workers": 1})
     if "method.name" in method:
         overrides.pop("method.queue_size")
-    result = pretrain(with_overrides(load_config(config_name), overrides))
+    result = pretrain(with_overrides(load_config(config_name), overrides), local=True)
     client = MlflowClient(mlflow_uri)
     run = client.get_run(result.mlflow_run_id)
     assert run.info.status == "FINISHED"

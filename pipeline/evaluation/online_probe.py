@@ -1,0 +1,89 @@
+"""The online linear probe: a linear head trained every step beside pretraining, never touching the encoder.
+
+Each batch carries one more view, the un-augmented evaluation view (``ONLINE_PROBE_VIEW``; it draws no
+random numbers, so the method's own views are unchanged). The backbone embeds it in inference mode (batch
+norm from its running statistics, which it leaves as they are; no autograd graph), and the head takes one
+SGD step on those detached features. Its gradients are averaged across workers (two small all-reduces), so every
+worker holds the same head. Each epoch the head classifies the test split's features (the ones the kNN
+monitor embeds) and logs ``online/top1``; the step's cross-entropy and batch accuracy are logged as
+``online/train_loss`` and ``online/train_top1``. The head starts at zero: no random numbers are drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import OnlineProbeConfig
+from pipeline.step import autocast
+
+# The batch key of the un-augmented view the probe trains on; the loop removes it before the method's forward.
+ONLINE_PROBE_VIEW = "online_probe"
+
+
+def probe_enabled(config: OnlineProbeConfig, train_labels: np.ndarray | torch.Tensor, num_classes: int) -> bool:
+    """Return whether the online probe runs: ``enabled`` as set, or (``auto``) whether any training label is known."""
+    if config.enabled != "auto":
+        return bool(config.enabled)
+    return num_classes > 1 and bool((torch.as_tensor(train_labels) >= 0).any())
+
+
+class OnlineProbe:
+    """A linear head on frozen backbone features with its own SGD optimiser, trained one step per batch."""
+
+    def __init__(self, feature_dim: int, num_classes: int, config: OnlineProbeConfig, device: torch.device) -> None:
+        self.head = nn.Linear(feature_dim, num_classes).to(device)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.optimizer = torch.optim.SGD(
+            self.head.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+
+    @torch.no_grad()
+    def features(self, backbone: nn.Module, images: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+        """Return the backbone's float32 pooled features of ``images`` in inference mode, its mode restored."""
+        was_training = backbone.training
+        backbone.eval()
+        with autocast(images.device, amp_dtype):
+            pooled = backbone(images)
+        backbone.train(was_training)
+        return pooled.float()
+
+    def step(
+        self, backbone: nn.Module, images: torch.Tensor, labels: torch.Tensor, amp_dtype: torch.dtype | None
+    ) -> dict[str, torch.Tensor]:
+        """Return the batch's probe loss and top-1 (detached, labelled images only) after one head update."""
+        features = self.features(backbone, images, amp_dtype)
+        labelled = labels >= 0
+        count = labelled.sum().clamp_min(1)
+        logits = self.head(features)
+        # A sum over labelled images, not a mean over a possibly empty set: a batch without labels gives 0, not NaN.
+        loss = F.cross_entropy(logits, labels.clamp_min(0), reduction="none").mul(labelled).sum() / count
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            for parameter in self.head.parameters():
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= dist.get_world_size()
+        self.optimizer.step()
+        correct = (logits.detach().argmax(dim=1) == labels) & labelled
+        return {"train_loss": loss.detach(), "train_top1": 100.0 * correct.sum() / count}
+
+    @torch.no_grad()
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        """Return the head's class predictions ``[n]`` for unnormalised backbone features ``[n, D]``."""
+        return self.head(features.float()).argmax(dim=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the head's and its optimiser's state, for the run's checkpoint."""
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the head and its optimiser from ``state_dict``'s output."""
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
