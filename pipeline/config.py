@@ -167,6 +167,8 @@ class EvalConfig(Section):
     online_probe: OnlineProbeConfig = OnlineProbeConfig()
     # At the end of a run: the test embeddings' 2-D map, and HCSC's prototype hierarchy (pipeline.evaluation.pictures).
     pictures: bool = True
+    # With pictures on, the map also every N epochs during training (0: at the end only).
+    pictures_every: int = Field(0, ge=0)
     pixel_baseline: bool = True
     linear: LinearEvalConfig = LinearEvalConfig()
 

@@ -27,8 +27,9 @@ from pipeline.data.build import build_source
 from pipeline.data.loader import EpochLoader, build_loader
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view, build_views
-from pipeline.evaluation.monitor import extract_features, knn_monitor, sharded_top1
+from pipeline.evaluation.monitor import extract_features, gather_by_index, knn_monitor, sharded_top1
 from pipeline.evaluation.online_probe import ONLINE_PROBE_VIEW, OnlineProbe, probe_enabled
+from pipeline.evaluation.pictures import embedding_map_png
 from pipeline.faults import FaultHooks
 from pipeline.methods import EpochContext, Method, StepInfo, build_method, get_method
 from pipeline.optim import build_optimizer, lr_schedule
@@ -286,12 +287,30 @@ def _epoch_context(setup: WorkerSetup, epoch: int, resources: dict[str, Any]) ->
     )
 
 
-def _monitor(setup: WorkerSetup, knn_due: bool) -> dict[str, float]:
+def _draw_test_map(setup: WorkerSetup, features: torch.Tensor, index: torch.Tensor, epochs: int, path: Path) -> bool:
+    """Return whether rank 0 drew the test embeddings' 2-D map at ``path`` (every rank sends it its shard).
+
+    A map that cannot be drawn is a warning line: a picture is never worth the run.
+    """
+    gathered = gather_by_index(features, index, int(setup.test_labels.shape[0]), destination=0)
+    if gathered is None:
+        return False
+    try:
+        title = f"{setup.config.method.name}: test embeddings after {epochs} epochs"
+        embedding_map_png(gathered.cpu(), setup.test_labels, title, path)
+    except Exception as error:  # noqa: BLE001 - any failure of the drawing leaves training as it is; say why
+        setup.progress.say(f"warning: the embedding map after {epochs} epochs could not be drawn ({error})")
+        return False
+    return True
+
+
+def _monitor(setup: WorkerSetup, knn_due: bool, picture: Path | None = None, epochs: int = 0) -> dict[str, float]:
     """Return this epoch's test-split figures: weighted-kNN top-1 when due, the online probe's top-1 when it runs.
 
-    The test split is embedded once for both; the kNN bank is the training set under the evaluation view.
+    The test split is embedded once for both and, when ``picture`` is given, for the map rank 0 draws there
+    after ``epochs`` epochs; the kNN bank is the training set under the evaluation view.
     """
-    if not knn_due and setup.online_probe is None:
+    if not knn_due and setup.online_probe is None and picture is None:
         return {}
     config = setup.config
     backbone = setup.method.evaluation_networks()["backbone"]
@@ -316,6 +335,8 @@ def _monitor(setup: WorkerSetup, knn_due: bool) -> dict[str, float]:
             setup.amp_dtype,
             config.train.channels_last,
         )
+    if picture is not None:
+        _draw_test_map(setup, features, index, epochs, picture)
     return figures
 
 
@@ -335,6 +356,17 @@ def _save_and_report(setup: WorkerSetup, metrics: dict[str, float], epochs_done:
     if setup.online_probe is not None:
         state["online_probe"] = setup.online_probe.state_dict()
     setup.session.report(metrics, state, epochs_done)
+
+
+def _epoch_picture(config: ExperimentConfig, run_dir: Path, epochs_done: int) -> Path | None:
+    """Return where this epoch's test-embedding map goes when ``eval.pictures_every`` asks for one, else None.
+
+    The last epoch's map is the driver's (drawn from the final checkpoint), so the loop never draws it.
+    """
+    every = config.eval.pictures_every
+    if not config.eval.pictures or every == 0 or epochs_done % every or epochs_done == config.train.epochs:
+        return None
+    return run_dir / PICTURES_DIR / f"embedding_map_epoch_{epochs_done:04d}.png"
 
 
 def _record_pictures(run: RunHandle, run_dir: Path, pictures: dict[str, bytes]) -> None:
@@ -378,7 +410,8 @@ def run_loop(inputs: LoopInputs, session: WorkerSession) -> None:
         knn_due = (epoch + 1) % config.eval.knn_every == 0 or epoch + 1 == config.train.epochs
         if knn_due:
             faults.maybe_pause("knn", epoch + 1)
-        metrics.update(_monitor(setup, knn_due))
+        picture = _epoch_picture(config, run_dir, epoch + 1)
+        metrics.update(_monitor(setup, knn_due, picture, epoch + 1))
         metrics["perf/epoch_time_s"] = time.perf_counter() - started
         metrics["epoch"] = epoch + 1
         epoch_times.append(metrics["perf/epoch_time_s"])
@@ -389,6 +422,8 @@ def run_loop(inputs: LoopInputs, session: WorkerSession) -> None:
             for artifact_file, text in report.artifacts.items():
                 log_text(run, text, artifact_file)
             _record_pictures(run, run_dir, report.pictures)
+            if picture is not None and picture.is_file():
+                log_artifact(run, picture, PICTURES_DIR)
         _save_and_report(setup, metrics, epoch + 1, global_step)
         faults.maybe_pause("after_report", epoch + 1)
         if setup.rank == 0:
