@@ -29,8 +29,10 @@ from tuning.grid import Grid, GridError, load_grid, parse_assignments
 from tuning.report import write_report
 from tuning.trial import EPOCH_KEY, FINISHED_KEY, run_trial
 
-# The trial's own driver needs no CPU of its own: its TorchTrainer's workers reserve the real ones.
-TRIAL_DRIVER_RESOURCES = {"cpu": 0.01}
+# The trial's own driver needs no CPU: its TorchTrainer's workers reserve the real ones. A Tune bundle cannot be
+# empty, so it holds 1 MiB of Ray's logical memory; a fraction of a CPU instead left a trial whose workers ask for
+# every CPU of the machine (cpus_per_worker 2 on 2 cores) waiting forever for the fraction its own driver held.
+TRIAL_DRIVER_RESOURCES = {"cpu": 0, "memory": 2**20}
 
 
 @dataclass(frozen=True)
@@ -123,10 +125,10 @@ def actor_demand(config: ExperimentConfig) -> dict[str, float]:
 
 
 def trial_demand(config: ExperimentConfig, actors: dict[str, float]) -> dict[str, float]:
-    """Return the CPUs and GPUs one trial holds: its workers, its method's ``actors`` and its own driver."""
+    """Return the CPUs and GPUs one trial holds: its workers and its method's ``actors`` (its own driver holds none)."""
     workers = max(config.ray.num_workers, 1)
     return {
-        "CPU": workers * config.ray.cpus_per_worker + actors["CPU"] + TRIAL_DRIVER_RESOURCES["cpu"],
+        "CPU": workers * config.ray.cpus_per_worker + actors["CPU"],
         "GPU": workers * config.ray.gpus_per_worker + actors["GPU"],
     }
 

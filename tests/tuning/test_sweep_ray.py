@@ -35,7 +35,8 @@ def write_grid(tmp_path: Path, mlflow_uri: str) -> Path:
                     "method.temperature": [0.1, 0.1, 0.2],
                 }
             ],
-            "resources": {"num_workers": 1, "cpus_per_worker": 1},
+            # Every CPU of the test cluster: a trial's own driver must not hold a share its workers then wait for.
+            "resources": {"num_workers": 1, "cpus_per_worker": 2},
         },
     }
     path = tmp_path / "tiny_sweep.yaml"
