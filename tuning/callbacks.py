@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
@@ -19,3 +21,37 @@ class EarlyStopRecorder(Callback):
         last = trial.last_result or {}
         if not last.get(FINISHED_KEY):
             mark_stopped(build_config(trial.config["config"]).tracking, int(last.get(EPOCH_KEY, 0)))
+
+
+def _trial_name(trial: Any) -> str:
+    """Return the grid's name of a Tune trial (its run name), e.g. ``cifar10_laptop-003``."""
+    return build_config(trial.config["config"]).ray.run_name or str(trial)
+
+
+class TrialProgress(Callback):
+    """Prints a line when a trial starts (with the file its epoch lines go to) and when it ends, with its metric."""
+
+    def __init__(self, total: int, metric: str) -> None:
+        self.total = total
+        self.metric = metric
+        self.started: dict[str, float] = {}
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Print that ``trial`` started, how many have ended, and where Tune writes the trial's output."""
+        self.started[trial.trial_id] = time.monotonic()
+        ended = sum(other.status in ("TERMINATED", "ERROR") for other in trials)
+        log = Path(trial.storage.trial_working_directory) / "stdout"
+        print(f"trial {_trial_name(trial)} started ({ended}/{self.total} ended); its epoch lines: {log}", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Print that ``trial`` ended, with the sweep's metric when it reported one and the trial's wall time."""
+        value = (trial.last_result or {}).get(self.metric)
+        figure = f"{self.metric} {value:.2f}" if isinstance(value, int | float) else "no final figures"
+        started = self.started.pop(trial.trial_id, None)
+        took = f" in {time.monotonic() - started:.0f}s" if started is not None else ""
+        print(f"trial {_trial_name(trial)} ended{took}: {figure}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """Print that ``trial`` failed; its error is printed with the sweep's summary and tagged on its run."""
+        self.started.pop(trial.trial_id, None)
+        print(f"trial {_trial_name(trial)} failed (the others go on)", flush=True)

@@ -175,7 +175,7 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
 
     from pipeline.checkpoints import check_storage
     from pipeline.cluster import ensure_ray, storage_root
-    from tuning.callbacks import EarlyStopRecorder
+    from tuning.callbacks import EarlyStopRecorder, TrialProgress
 
     reference = grid.trials[0].config
     # Every check that can refuse the sweep runs before its MLflow parent run exists: storage, store, resources.
@@ -204,7 +204,7 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
                 storage_path=str(plan.tune_path.parent),
                 verbose=0,
                 log_to_file=True,
-                callbacks=[EarlyStopRecorder()] if asha else None,
+                callbacks=[TrialProgress(len(grid.trials), grid.spec.metric), *([EarlyStopRecorder()] if asha else [])],
             ),
         )
     print(

@@ -4,6 +4,7 @@ finished trials and resumes the unfinished one, and the report (table, CSV, plot
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -89,6 +90,9 @@ def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     watcher.join(timeout=1)
     printed = capsys.readouterr().out
     assert "trial tiny_sweep-001 failed:" in printed and "no_cifar" in printed
+    assert "trial tiny_sweep-000 started (0/3 ended); its epoch lines: " in printed
+    assert re.search(r"trial tiny_sweep-000 ended in \d+s: knn/top1 \d+\.\d\d", printed), printed
+    assert "trial tiny_sweep-001 failed (the others go on)" in printed
     assert "interrupted: 1 of 3 trials unfinished (tiny_sweep-002); run the same command again" in printed
     client = MlflowClient(mlflow_uri)
     parent = report.find_parent(mlflow_uri, "tiny_sweep")
