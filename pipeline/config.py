@@ -82,12 +82,14 @@ class ModelConfig(Section):
 class OptimConfig(Section):
     """Optimiser and learning-rate schedule (stepped every iteration)."""
 
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adamw", "lars"] = "sgd"
     lr: float = Field(0.03, gt=0)
     lr_batch_reference: int = Field(256, ge=1)
     scale_lr: bool = True
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
+    # LARS: the layer-wise trust ratio's coefficient (SimCLR's and BYOL's 0.001).
+    trust_coefficient: float = Field(0.001, gt=0)
     warmup_epochs: float = Field(0.0, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr: float = Field(0.0, ge=0)
