@@ -4,7 +4,8 @@ Runs ``python -m tuning.sweep --grid GRID --quick`` into a temporary store, then
 run back from MLflow: the trial's wall time (its MLflow run's start to end: data opening, Ray Train
 start, training, kNN passes, checkpoints, evaluation) against the time spent in its epochs
 (``perf/epoch_time_s`` summed), and the sweep's own wall time. What the project does to keep the
-fixed part small: the trial's own driver reserves 0.01 CPU so that its workers get the real ones;
+fixed part small: the trial's own driver reserves no CPU (1 MiB of Ray's logical memory) so that its
+workers get the real ones;
 the quick forms turn the raw-pixel baseline off and use in-process data loading
 (``data.num_workers: 0``); the config is validated once per trial before Ray starts.
 Example: ``python benchmarks/sweep_overhead.py --grid ascl_tau --max-concurrent 2``.

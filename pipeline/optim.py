@@ -62,9 +62,11 @@ class LARS(torch.optim.Optimizer):
 
     For each parameter tensor ``p`` of a group with ``lars`` on, its gradient ``g`` becomes
     ``g + weight_decay * p``, scaled by the trust ratio ``trust_coefficient * ||p|| / ||g||`` (1 where either
-    norm is 0); then ``buf = momentum * buf + g`` (``buf = g`` at the first step) and ``p -= lr * buf``. Groups
-    with ``lars`` off (biases and normalisation parameters, from ``build_optimizer``) skip both the weight decay
-    and the trust ratio. The ratio stays a tensor: no host synchronisation per parameter.
+    norm is 0); then ``buf = momentum * buf + lr * g`` (from ``buf = 0``) and ``p -= buf``: the learning rate
+    inside the momentum buffer, as SimCLR's LARS and optax's ``lars`` (BYOL) apply it, which differs from
+    ``p -= lr * buf`` while the rate changes (warm-up, cosine). Groups with ``lars`` off (biases and
+    normalisation parameters, from ``build_optimizer``) skip both the weight decay and the trust ratio. The
+    ratio stays a tensor: no host synchronisation per parameter.
     """
 
     def __init__(
@@ -109,8 +111,8 @@ class LARS(torch.optim.Optimizer):
                     update = update * torch.where(usable, ratio, torch.ones_like(ratio))
                 state = self.state[parameter]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = update.detach().clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
-                parameter.add_(state["momentum_buffer"], alpha=-group["lr"])
+                    state["momentum_buffer"] = torch.zeros_like(parameter)
+                buffer = state["momentum_buffer"]
+                buffer.mul_(group["momentum"]).add_(update, alpha=group["lr"])
+                parameter.sub_(buffer)
         return loss

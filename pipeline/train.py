@@ -154,10 +154,8 @@ def _build(config: ExperimentConfig, session: WorkerSession, progress: ProgressR
     optimizer = build_optimizer(config.optim, method)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.amp == "fp16")
     learning_rates = lr_schedule(config.optim, config.train.batch_size, len(train_loader), config.train.epochs)
-    online_probe = None
-    if with_probe:
-        feature_dim = method.evaluation_networks()["backbone"].feature_dim
-        online_probe = OnlineProbe(feature_dim, num_classes, config.eval.online_probe, device)
+    backbone = method.evaluation_networks()["backbone"]
+    online_probe = OnlineProbe(backbone, num_classes, config.eval.online_probe, device) if with_probe else None
     return WorkerSetup(
         config=config,
         session=session,
@@ -220,6 +218,8 @@ def _restore(setup: WorkerSetup, resume_from: str | None) -> tuple[int, int]:
     setup.scaler.load_state_dict(state["scaler"])
     if setup.online_probe is not None and "online_probe" in state:
         setup.online_probe.load_state_dict(state["online_probe"])
+    elif setup.online_probe is not None and setup.rank == 0:
+        setup.progress.say("the checkpoint holds no online probe (it was off): the probe starts from zero here")
     if setup.rank == 0:
         setup.progress.say(f"resumed from {where}: {state['epoch']} epochs done, step {state['global_step']}")
     return int(state["epoch"]), int(state["global_step"])
@@ -252,8 +252,7 @@ def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, faults: Fault
         for key, value in losses.items():
             sums[key] = sums.get(key, 0) + value.float()
         if setup.online_probe is not None:
-            backbone = setup.method.evaluation_networks()["backbone"]
-            for key, value in setup.online_probe.step(backbone, probe_images, batch.labels, amp_dtype).items():
+            for key, value in setup.online_probe.step(probe_images, batch.labels, amp_dtype).items():
                 probe_sums[key] = probe_sums.get(key, 0) + value
         global_step += 1
         done = step_in_epoch + 1
@@ -267,7 +266,11 @@ def _train_epoch(setup: WorkerSetup, epoch: int, global_step: int, faults: Fault
                 f"{rate:.0f} img/s, epoch ETA {format_duration(elapsed / done * (steps - done))}"
             )
     metrics = {f"train/{key}": value for key, value in _mean_across_workers(sums, steps).items()}
-    metrics.update({f"online/{key}": value for key, value in _mean_across_workers(probe_sums, steps).items()})
+    if probe_sums:
+        probe = _mean_across_workers(probe_sums, steps)
+        labelled = max(probe["labelled"], 1e-12)
+        metrics["online/train_loss"] = probe["loss_sum"] / labelled
+        metrics["online/train_top1"] = 100.0 * probe["correct"] / labelled
     metrics["train/lr"] = float(setup.learning_rates[global_step - 1])
     return metrics, global_step
 
@@ -287,21 +290,21 @@ def _epoch_context(setup: WorkerSetup, epoch: int, resources: dict[str, Any]) ->
     )
 
 
-def _draw_test_map(setup: WorkerSetup, features: torch.Tensor, index: torch.Tensor, epochs: int, path: Path) -> bool:
-    """Return whether rank 0 drew the test embeddings' 2-D map at ``path`` (every rank sends it its shard).
+def _draw_test_map(setup: WorkerSetup, features: torch.Tensor, index: torch.Tensor, epochs: int, path: Path) -> None:
+    """Draw the test embeddings' 2-D map at ``path`` on rank 0 (every rank sends it its shard).
 
-    A map that cannot be drawn is a warning line: a picture is never worth the run.
+    A map that cannot be drawn is a warning line and no file: a picture is never worth the run. A file left
+    by an attempt interrupted after this epoch is removed first, so that only this attempt's map is logged.
     """
     gathered = gather_by_index(features, index, int(setup.test_labels.shape[0]), destination=0)
     if gathered is None:
-        return False
+        return
+    path.unlink(missing_ok=True)
     try:
         title = f"{setup.config.method.name}: test embeddings after {epochs} epochs"
         embedding_map_png(gathered.cpu(), setup.test_labels, title, path)
     except Exception as error:  # noqa: BLE001 - any failure of the drawing leaves training as it is; say why
         setup.progress.say(f"warning: the embedding map after {epochs} epochs could not be drawn ({error})")
-        return False
-    return True
 
 
 def _monitor(setup: WorkerSetup, knn_due: bool, picture: Path | None = None, epochs: int = 0) -> dict[str, float]:

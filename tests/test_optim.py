@@ -13,14 +13,17 @@ from pipeline.optim import LARS, build_optimizer
 
 
 def _lars_by_hand(weight: list[float], grad: list[float], buffer: list[float] | None, lr: float) -> tuple[list, list]:
-    """Return (new weight, new buffer) of one LARS step on a flat tensor: wd 0.1, trust 0.001, momentum 0.9."""
+    """Return (new weight, new buffer) of one LARS step on a flat tensor: wd 0.1, trust 0.001, momentum 0.9.
+
+    SimCLR's formulation: the learning rate enters the momentum buffer, v = 0.9 v + lr * ratio * (g + wd w).
+    """
     update = [g + 0.1 * w for g, w in zip(grad, weight, strict=True)]
     weight_norm = math.sqrt(sum(w * w for w in weight))
     update_norm = math.sqrt(sum(u * u for u in update))
     ratio = 0.001 * weight_norm / update_norm if weight_norm > 0 and update_norm > 0 else 1.0
-    update = [u * ratio for u in update]
+    update = [lr * u * ratio for u in update]
     buffer = update if buffer is None else [0.9 * b + u for b, u in zip(buffer, update, strict=True)]
-    return [w - lr * b for w, b in zip(weight, buffer, strict=True)], buffer
+    return [w - b for w, b in zip(weight, buffer, strict=True)], buffer
 
 
 def test_two_steps_match_the_hand_computed_update_and_excluded_groups_are_plain_sgd() -> None:
@@ -42,8 +45,8 @@ def test_two_steps_match_the_hand_computed_update_and_excluded_groups_are_plain_
         bias.grad = torch.tensor([0.5], dtype=torch.float64)
         optimizer.step()
         expected_weight, weight_buffer = _lars_by_hand(expected_weight, [0.5, 0.0, 0.0, 0.0], weight_buffer, lr)
-        bias_buffer = 0.5 if bias_buffer is None else 0.9 * bias_buffer + 0.5
-        expected_bias -= lr * bias_buffer
+        bias_buffer = lr * 0.5 if bias_buffer is None else 0.9 * bias_buffer + lr * 0.5
+        expected_bias -= bias_buffer
         assert weight.flatten().tolist() == pytest.approx(expected_weight, rel=1e-12, abs=1e-15)
         assert bias.item() == pytest.approx(expected_bias, rel=1e-12)
         if lr == 2.0:

@@ -24,8 +24,11 @@ class EarlyStopRecorder(Callback):
 
 
 def _trial_name(trial: Any) -> str:
-    """Return the grid's name of a Tune trial (its run name), e.g. ``cifar10_laptop-003``."""
-    return build_config(trial.config["config"]).ray.run_name or str(trial)
+    """Return the grid's name of a Tune trial (its run name), e.g. ``cifar10_laptop-003``.
+
+    Read from the config's data, not rebuilt: an exception in a Tune callback would end the whole sweep.
+    """
+    return str(trial.config.get("config", {}).get("ray", {}).get("run_name") or trial)
 
 
 class TrialProgress(Callback):
@@ -45,8 +48,11 @@ class TrialProgress(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """Print that ``trial`` ended, with the sweep's metric when it reported one and the trial's wall time."""
-        value = (trial.last_result or {}).get(self.metric)
+        last = trial.last_result or {}
+        value = last.get(self.metric)
         figure = f"{self.metric} {value:.2f}" if isinstance(value, int | float) else "no final figures"
+        if not last.get(FINISHED_KEY):
+            figure = f"stopped early by the scheduler after epoch {int(last.get(EPOCH_KEY, 0))} ({figure})"
         started = self.started.pop(trial.trial_id, None)
         took = f" in {time.monotonic() - started:.0f}s" if started is not None else ""
         print(f"trial {_trial_name(trial)} ended{took}: {figure}", flush=True)

@@ -49,27 +49,52 @@ def test_a_step_changes_only_the_head_and_the_head_learns() -> None:
     backbone = PooledNet().train()
     backbone.layers[1].running_mean.fill_(0.5)
     before = {key: value.clone() for key, value in backbone.state_dict().items()}
-    probe = OnlineProbe(backbone.feature_dim, 2, OnlineProbeConfig(lr=0.5), CPU)
+    probe = OnlineProbe(backbone, 2, OnlineProbeConfig(lr=0.5), CPU)
 
-    first = None
+    losses = []
     for _ in range(30):
         images, labels = _separable(32, generator)
-        figures = probe.step(backbone, images, labels, None)
-        first = first or figures
+        figures = probe.step(images, labels, None)
+        assert figures["labelled"] == 32
+        losses.append(float(figures["loss_sum"] / figures["labelled"]))
     assert backbone.training  # its mode is restored after the inference-mode pass
     for key, value in backbone.state_dict().items():  # weights and BN running statistics alike
         assert torch.equal(value, before[key]), key
     assert all(parameter.grad is None for parameter in backbone.parameters())
     images, labels = _separable(200, generator)
-    accuracy = (probe.predict(probe.features(backbone, images, None)) == labels).float().mean()
-    assert figures["train_loss"] < first["train_loss"] and accuracy > 0.9
+    accuracy = (probe.predict(probe.features(images, None)) == labels).float().mean()
+    assert losses[-1] < losses[0] and accuracy > 0.9
 
 
 def test_a_batch_without_labels_leaves_the_head_unchanged_and_reports_zeros() -> None:
-    probe = OnlineProbe(8, 3, OnlineProbeConfig(), CPU)
-    figures = probe.step(PooledNet(), torch.randn(4, 3, 6, 6), torch.full((4,), -1), None)
-    assert float(figures["train_loss"]) == 0.0 and float(figures["train_top1"]) == 0.0
+    probe = OnlineProbe(PooledNet(), 3, OnlineProbeConfig(), CPU)
+    figures = probe.step(torch.randn(4, 3, 6, 6), torch.full((4,), -1), None)
+    assert [float(figures[key]) for key in ("loss_sum", "correct", "labelled")] == [0.0, 0.0, 0.0]
     assert not probe.head.weight.any() and not probe.head.bias.any()
+
+
+class Overflowing(PooledNet):
+    """PooledNet whose features of the first image are infinite, as an fp16 overflow leaves them."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = super().forward(images)
+        features[0] = float("inf")
+        return features
+
+
+def test_overflowed_features_are_left_out_and_the_head_stays_finite() -> None:
+    probe = OnlineProbe(Overflowing(), 2, OnlineProbeConfig(lr=0.5), CPU)
+    images, labels = _separable(8, torch.Generator().manual_seed(0))
+    figures = probe.step(images, labels, None)
+    assert figures["labelled"] == 7 and torch.isfinite(figures["loss_sum"])
+    assert torch.isfinite(probe.head.weight).all() and probe.head.weight.any()
+
+
+def _partly_labelled(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return a 16-image batch whose first 3 images (all in rank 0's half) have no label: the halves weigh 5 and 8."""
+    images, labels = _separable(16, torch.Generator().manual_seed(step))
+    labels[:3] = -1
+    return images, labels
 
 
 def _probe_worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -78,24 +103,24 @@ def _probe_worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         torch.manual_seed(0)
         backbone = PooledNet().eval()
-        probe = OnlineProbe(backbone.feature_dim, 2, OnlineProbeConfig(lr=0.5), CPU)
+        probe = OnlineProbe(backbone, 2, OnlineProbeConfig(lr=0.5), CPU)
         for step in range(3):
-            images, labels = _separable(16, torch.Generator().manual_seed(step))
-            probe.step(backbone, images[rank * 8 : (rank + 1) * 8], labels[rank * 8 : (rank + 1) * 8], None)
+            images, labels = _partly_labelled(step)
+            probe.step(images[rank * 8 : (rank + 1) * 8], labels[rank * 8 : (rank + 1) * 8], None)
         torch.save(probe.head.state_dict(), Path(out_dir) / f"head{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_workers_hold_the_same_head_as_one_worker_with_the_whole_batch(tmp_path: Path) -> None:
+def test_two_unevenly_labelled_workers_hold_the_head_of_one_worker_with_the_whole_batch(tmp_path: Path) -> None:
     mp.spawn(_probe_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     heads = [torch.load(tmp_path / f"head{rank}.pt") for rank in range(2)]
 
     torch.manual_seed(0)
     backbone = PooledNet().eval()
-    probe = OnlineProbe(backbone.feature_dim, 2, OnlineProbeConfig(lr=0.5), CPU)
+    probe = OnlineProbe(backbone, 2, OnlineProbeConfig(lr=0.5), CPU)
     for step in range(3):
-        probe.step(backbone, *_separable(16, torch.Generator().manual_seed(step)), None)
+        probe.step(*_partly_labelled(step), None)
 
     for key, value in probe.head.state_dict().items():
         assert torch.equal(heads[0][key], heads[1][key]), key
