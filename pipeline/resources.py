@@ -53,6 +53,9 @@ class RunResources:
                 num_gpus=spec.num_gpus,
                 max_restarts=0,
                 max_concurrency=spec.max_concurrency,
+                # Out of any enclosing placement group: a sweep trial's captures what it creates, and its own
+                # bundle holds no CPU; the sweep counts these actors against the cluster, where they go.
+                scheduling_strategy="DEFAULT",
             )
             kwargs = dict(spec.kwargs)
             if self.progress is not None and "progress" in inspect.signature(spec.actor_class).parameters:
