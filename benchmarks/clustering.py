@@ -31,13 +31,13 @@ import numpy as np
 import ray
 from mlflow import MlflowClient
 
-from pipeline.cluster import ensure_ray
 from pipeline.clustering import hierarchical_kmeans
 from pipeline.config import ExperimentConfig, load_config, with_overrides
-from pipeline.launch import pretrain
 from pipeline.methods import get_method
 from pipeline.methods.common import build_encoder
-from pipeline.resources import RunResources
+from pipeline.runtime.cluster import ensure_ray
+from pipeline.runtime.launch import pretrain
+from pipeline.runtime.resources import RunResources
 
 
 def embeddings(count: int, dim: int, seed: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Print a method's loss and the spread of its embeddings over its first steps, to see a collapse as it happens.
 
 One process, no Ray or MLflow: the run's own data source, loader, views, method, optimiser and
-learning-rate schedule (``pipeline.step.train_step``, as the training loop), for ``--steps`` steps.
+learning-rate schedule (``pipeline.training.step.train_step``, as the training loop), for ``--steps`` steps.
 Every ``--every`` steps it prints the loss, the learning rate and two collapse indicators on a fixed
 batch of evaluation-view training images: the mean cosine similarity between different images' backbone
 features (1 = every image the same) and the same for the method's projected embeddings when it has
@@ -26,8 +26,8 @@ from pipeline.data.loader import build_loader
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.methods import StepInfo, build_method, get_method
-from pipeline.optim import build_optimizer, lr_schedule
-from pipeline.step import autocast_dtype, batch_to_device, train_step
+from pipeline.training.optim import build_optimizer, lr_schedule
+from pipeline.training.step import autocast_dtype, batch_to_device, train_step
 
 PROBE_IMAGES = 256
 

@@ -19,7 +19,7 @@ from pipeline.data.loader import build_loader
 from pipeline.data.parquet import ParquetShards, write_shards
 from pipeline.data.synthetic import SyntheticShapes
 from pipeline.data.views import build_views
-from pipeline.methods.recipes import MOCO_V2
+from pipeline.methods.augmentations import MOCO_V2
 
 
 def parse_args() -> argparse.Namespace:

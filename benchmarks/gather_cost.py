@@ -31,17 +31,17 @@ from train_step import method_inputs
 from pipeline.config import load_config, with_overrides
 from pipeline.losses import cpc_infonce
 from pipeline.methods import Batch, StepInfo, build_method, get_method
-from pipeline.optim import build_optimizer
-from pipeline.step import train_step
+from pipeline.training.optim import build_optimizer
+from pipeline.training.step import train_step
 
 GATHERING = ("supcon", "simclr", "supcon_s", "selfcon", "ascl_byol", "scl", "dscl", "dim", "cpc")
 SCOPED = ("scl", "dscl", "hcsc")
 # Where each method module holds the gathers of its in-batch contrast (the MoCo queue's gather stays).
 GATHER_SITES = {
     "pipeline.methods.common": ("all_gather_with_grad", "concat_all_gather"),
-    "pipeline.methods.ascl": ("all_gather_with_grad", "concat_all_gather"),
-    "pipeline.methods.dim": ("all_gather_with_grad",),
-    "pipeline.methods.cpc": ("all_gather_with_grad",),
+    "pipeline.methods.ascl.method": ("all_gather_with_grad", "concat_all_gather"),
+    "pipeline.methods.dim.method": ("all_gather_with_grad",),
+    "pipeline.methods.cpc.method": ("all_gather_with_grad",),
 }
 
 
@@ -94,7 +94,7 @@ def time_steps(name: str, scope: str, rank: int, world: int, args: argparse.Name
             for module, names in GATHER_SITES.items():
                 for attribute in names:
                     stack.enter_context(mock.patch(f"{module}.{attribute}", identity))
-            stack.enter_context(mock.patch("pipeline.methods.cpc.cpc_infonce", local_cpc_infonce))
+            stack.enter_context(mock.patch("pipeline.methods.cpc.method.cpc_infonce", local_cpc_infonce))
 
         def step(index: int) -> None:
             train_step(model, method, optimizer, scaler, batch, StepInfo(0, index, args.steps), 0.01, None)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.data.build import build_source
 from pipeline.data.loader import build_loader
 from pipeline.methods import Method, StepInfo, build_method, get_method
-from pipeline.optim import build_optimizer
-from pipeline.step import batch_to_device, train_step
+from pipeline.training.checkpoints import latest_checkpoint, load_checkpoint
+from pipeline.training.optim import build_optimizer
+from pipeline.training.step import batch_to_device, train_step
 
 
 def parse_phases(text: str) -> list[tuple[float, int]]:

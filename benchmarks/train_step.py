@@ -2,7 +2,7 @@
 
 One process, no data loading in the timed part: each method's inputs are made once by running its
 own declared views on random images, so a new method is benchmarked without editing this file.
-Every step is ``pipeline.step.train_step``, the function the Ray training loop calls. ResNet-18 at
+Every step is ``pipeline.training.step.train_step``, the function the Ray training loop calls. ResNet-18 at
 32 px, batch 256 by default, with the CIFAR stem and the standard stem. Needs torch and the project's
 light dependencies (numpy, Pillow, pydantic, PyYAML), not Ray, MLflow or FAISS: it runs on a bare GPU
 node (``tests/test_step_benchmark.py`` checks it with those three unimportable). Each line also gives the
@@ -54,13 +54,13 @@ import yaml
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.compilation import compile_networks
 from pipeline.config import ExperimentConfig, load_config, with_overrides
 from pipeline.data.batched_views import BatchedViews
-from pipeline.method_configs import method_config_class
 from pipeline.methods import Batch, Method, StepInfo, build_method, get_method, method_names
-from pipeline.optim import build_optimizer
-from pipeline.step import autocast_dtype, batch_to_device, to_device, train_step
+from pipeline.methods.registry import method_config_class
+from pipeline.training.compilation import compile_networks
+from pipeline.training.optim import build_optimizer
+from pipeline.training.step import autocast_dtype, batch_to_device, to_device, train_step
 
 NUM_CLASSES = 10
 # Dense bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets, matched against the device name in

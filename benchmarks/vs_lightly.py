@@ -1,7 +1,7 @@
 """Print the project's training step against lightly's, side by side in one process, alternating steps.
 
 MoCo v2 and SimCLR on torchvision's ResNet-18 (the standard network and stem, not the CIFAR one), batch 256,
-32 px, 2 CPU threads by default. The project's side is ``pipeline.step.train_step`` with the run's defaults
+32 px, 2 CPU threads by default. The project's side is ``pipeline.training.step.train_step`` with the run's defaults
 (``train.channels_last``, ``train.compile``, ``train.amp`` resolved on the device, MoCo's split batch norm,
 the configured optimiser); a MoCo queue of 4096 on both sides. lightly's side follows its documented usage
 (``examples/pytorch/moco.py`` and ``simclr.py``): ``nn.Sequential`` of torchvision's ResNet-18 without its
@@ -26,11 +26,11 @@ import torch
 import torchvision
 from torch import nn
 
-from pipeline.compilation import compile_networks
 from pipeline.config import load_config, with_overrides
 from pipeline.methods import Batch, StepInfo, build_method
-from pipeline.optim import build_optimizer
-from pipeline.step import autocast_dtype, batch_to_device, train_step
+from pipeline.training.compilation import compile_networks
+from pipeline.training.optim import build_optimizer
+from pipeline.training.step import autocast_dtype, batch_to_device, train_step
 
 QUEUE_SIZE = 4096
 NUM_CLASSES = 10

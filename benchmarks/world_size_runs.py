@@ -1,6 +1,6 @@
 """Print each method family's per-epoch training loss on 1 and on 2 Ray Train workers with the same global batch.
 
-One tiny run per (method, world size) through ``pipeline.launch.pretrain`` on local Ray (synthetic data,
+One tiny run per (method, world size) through ``pipeline.runtime.launch.pretrain`` on local Ray (synthetic data,
 width-8 ResNet-18, global batch 32, 4 epochs by default), each in its own temporary run folder and
 MLflow store. The global batch holds the same images at both world sizes (the sharded sampler splits
 each global batch between the workers); what differs is each worker's batch-norm statistics and the
@@ -19,8 +19,8 @@ import mlflow
 import ray
 
 from pipeline.config import load_config, with_overrides
-from pipeline.launch import pretrain
-from pipeline.method_configs import method_config_class
+from pipeline.methods.registry import method_config_class
+from pipeline.runtime.launch import pretrain
 
 FAMILIES = ("moco", "supcon", "selfcon", "ascl_byol", "dscl", "dim", "cpc")
 

@@ -1,9 +1,9 @@
 """Typed experiment configuration: YAML loading, dotted overrides and validation.
 
 Every hyperparameter lives here with the official default. Method-specific parameters
-live in torch-free classes in ``pipeline.method_configs``, selected by ``method.name``. This
-module imports neither torch nor any method, so a config error is reported in a fraction of
-a second.
+live in torch-free classes in each method family's ``params.py`` (``pipeline.methods.<family>``),
+found by ``pipeline.methods.registry`` and selected by ``method.name``. This module imports neither
+torch nor any method class, so a config error is reported in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, SerializeAsAny, ValidationError, field_validator
 
-from pipeline.method_configs import MethodConfig, method_config_class
+from pipeline.methods.registry import MethodConfig, method_config_class
 from pipeline.section import Section
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -101,10 +101,10 @@ class TrainConfig(Section):
     epochs: int = Field(200, ge=1)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
-    # auto: bf16 autocast on a CUDA device, off on CPU (pipeline.step.autocast_dtype resolves it).
+    # auto: bf16 autocast on a CUDA device, off on CPU (pipeline.training.step.autocast_dtype resolves it).
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
-    # torch.compile of the method's trainable networks (pipeline.compilation); eager, with one warning, if it fails.
+    # torch.compile of the method's trainable networks (pipeline.training.compilation); eager, one warning, on failure.
     compile: bool = False
     log_every_steps: int = Field(50, ge=1)
     inject_failure_at_epoch: int | None = Field(None, ge=0)

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.checkpoints import checkpoint_folders, incomplete_reason, read_run_id, read_tracking_uri
 from pipeline.config import ConfigError, TrackingConfig
 from pipeline.data.build import build_source
-from pipeline.linear_train import augmented_logits
-from pipeline.probe import (
+from pipeline.evaluation.linear_ray import augmented_logits
+from pipeline.evaluation.stage import (
     BASELINES,
     EVAL_DIR,
     EvaluationError,
@@ -37,6 +36,7 @@ from pipeline.probe import (
 from pipeline.record.names import RUN_DIR_TAG
 from pipeline.record.run import RunHandle, run_tags
 from pipeline.record.store import TrackingError, existing_store, resolve_tracking_uri
+from pipeline.training.checkpoints import checkpoint_folders, incomplete_reason, read_run_id, read_tracking_uri
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -131,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="also show Ray's own messages (augmented protocol)")
     args = parser.parse_args(argv)
 
-    from pipeline.cluster import ResourceError
     from pipeline.data.errors import DataError
+    from pipeline.runtime.cluster import ResourceError
 
     try:
         folder = run_folder(args.run, args.tracking_uri)

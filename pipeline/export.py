@@ -35,7 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.checkpoints import (
+from pipeline.config import ConfigError, ExperimentConfig, ModelConfig
+from pipeline.data.views import normalization
+from pipeline.evaluate import run_folder
+from pipeline.evaluation.stage import EvaluationError, evaluation_networks, load_run_config
+from pipeline.methods.selfcon.method import BranchFeatures
+from pipeline.models.backbones import ResNet, build_backbone
+from pipeline.models.multi_exit import FcExit, StageExit
+from pipeline.models.patch_grid import PatchGridEncoder
+from pipeline.record.run import RunHandle, log_model, logged_model_id
+from pipeline.training.checkpoints import (
     checkpoint_epoch,
     checkpoint_folders,
     epoch_dir_name,
@@ -43,15 +52,6 @@ from pipeline.checkpoints import (
     latest_checkpoint,
     read_run_id,
 )
-from pipeline.config import ConfigError, ExperimentConfig, ModelConfig
-from pipeline.data.views import normalization
-from pipeline.evaluate import run_folder
-from pipeline.methods.selfcon import BranchFeatures
-from pipeline.models.backbones import ResNet, build_backbone
-from pipeline.models.multi_exit import FcExit, StageExit
-from pipeline.models.patch_grid import PatchGridEncoder
-from pipeline.probe import EvaluationError, evaluation_networks, load_run_config
-from pipeline.record.run import RunHandle, log_model, logged_model_id
 
 FORMATS = ("torchvision", "state_dict")
 # The MLflow model a finished pretraining run logs (``runs:/<run id>/backbone``).

@@ -1,7 +1,7 @@
 """Command line: ``python -m pipeline.pretrain --config FILE [--set key=value ...] [--local]``.
 
 The config is validated before anything heavy is imported, so a typo costs a fraction of a
-second; then the driver (``pipeline.launch``) runs the pretraining and this prints the result.
+second; then the driver (``pipeline.runtime.launch``) runs the pretraining and this prints the result.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from pipeline.config import ConfigError, add_config_arguments, config_from_args
 
 if TYPE_CHECKING:
-    from pipeline.launch import PretrainResult
+    from pipeline.runtime.launch import PretrainResult
 
 
 def print_result(result: PretrainResult) -> None:
@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
 
     # Imported only now: torch, Ray and MLflow take seconds to load, and a config error must not wait for them.
-    from pipeline.cluster import INTERRUPTED, ResourceError
     from pipeline.data.errors import DataError
-    from pipeline.launch import RunActorDied, RunInterrupted, pretrain
     from pipeline.record.store import TrackingError
+    from pipeline.runtime.cluster import INTERRUPTED, ResourceError
+    from pipeline.runtime.launch import RunActorDied, RunInterrupted, pretrain
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         INTERRUPTED.set()

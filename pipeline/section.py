@@ -33,3 +33,10 @@ class Section(BaseModel):
             if admitted & {int, float} and bool not in admitted:
                 raise ValueError("must be a number, not a boolean")
         return value
+
+
+def ordered_fraction(value: tuple[float, float]) -> tuple[float, float]:
+    """Return ``value`` if it is an area-fraction range 0 < min <= max <= 1; raise ValueError otherwise."""
+    if not 0 < value[0] <= value[1] <= 1:
+        raise ValueError(f"must satisfy 0 < min <= max <= 1, got {list(value)}")
+    return value

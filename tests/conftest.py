@@ -43,7 +43,7 @@ def ray_session() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def tiny_reference(ray_session: None, tmp_path_factory: pytest.TempPathFactory) -> Reference:
     """Return the tiny quickstart (2 workers, 2 epochs, pixel baseline, MLflow model, pictures) run once per session."""
-    from pipeline.launch import pretrain
+    from pipeline.runtime.launch import pretrain
 
     folder = tmp_path_factory.mktemp("reference")
     uri = f"sqlite:///{folder / 'mlflow.db'}"

@@ -175,14 +175,34 @@ def _modules_after_import(*modules: str) -> set[str]:
 def test_config_imports_neither_torch_nor_any_method() -> None:
     loaded = _modules_after_import("pipeline.config")
     assert not {name for name in loaded if name.split(".")[0] in ("torch", "torchvision", "ray", "mlflow")}
-    assert not {name for name in loaded if name.startswith("pipeline.methods")}
+    # The registry is the one torch-free part of the methods package that config needs at import time.
+    assert {name for name in loaded if name.startswith("pipeline.methods")} == {
+        "pipeline.methods",
+        "pipeline.methods.registry",
+    }
+
+
+def test_validating_a_method_config_loads_its_parameters_but_no_torch_and_no_method_class() -> None:
+    code = (
+        "import sys; from pipeline.config import load_config; load_config('configs/quickstart.yaml', "
+        "['method.name=hcsc', 'method.hierarchy=[30, 20]']); print('\\n'.join(sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stdout.split())
+    assert "pipeline.methods.hcsc.params" in loaded and "pipeline.methods.moco.params" in loaded
+    assert not {name for name in loaded if name.split(".")[0] in ("torch", "torchvision", "ray", "mlflow")}
+    assert not {name for name in loaded if name.startswith("pipeline.methods.") and name.endswith(".method")}
 
 
 def test_data_layer_imports_no_method() -> None:
     data_modules = sorted(f"pipeline.data.{path.stem}" for path in (ROOT / "pipeline" / "data").glob("*.py"))
     loaded = _modules_after_import(*data_modules)
     assert set(data_modules) <= loaded
-    assert not {name for name in loaded if name.startswith("pipeline.methods")}
+    assert {name for name in loaded if name.startswith("pipeline.methods")} <= {
+        "pipeline.methods",
+        "pipeline.methods.registry",
+    }
 
 
 def test_booleans_are_not_numbers() -> None:

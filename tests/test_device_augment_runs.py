@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint
-from pipeline.launch import pretrain
+from pipeline.runtime.launch import pretrain
+from pipeline.training.checkpoints import latest_checkpoint, load_checkpoint
 from tests.support.configs import tiny_config
 
 DEVICE = {"data.augment_on": "device", "ray.num_workers": 1}

@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from pipeline.config import load_config, with_overrides
-from pipeline.launch import pretrain
+from pipeline.runtime.launch import pretrain
 from tests.support.configs import tiny_overrides
 
 

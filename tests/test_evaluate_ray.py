@@ -12,11 +12,11 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline.checkpoints import load_checkpoint, write_checkpoint
 from pipeline.config import load_config, with_overrides
 from pipeline.evaluate import evaluate_and_record, evaluate_run
-from pipeline.launch import pretrain
-from pipeline.probe import EvaluationError
+from pipeline.evaluation.stage import EvaluationError
+from pipeline.runtime.launch import pretrain
+from pipeline.training.checkpoints import load_checkpoint, write_checkpoint
 from tests.support.configs import tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_session")

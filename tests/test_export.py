@@ -17,11 +17,11 @@ import torchvision
 from torch import nn
 
 import pipeline
-from pipeline.checkpoints import epoch_dir_name, write_checkpoint, write_run_config
 from pipeline.config import ModelConfig
 from pipeline.export import describe, main, torchvision_refusal
 from pipeline.methods import Method
 from pipeline.models.backbones import build_backbone
+from pipeline.training.checkpoints import epoch_dir_name, write_checkpoint, write_run_config
 from tests.support.methods import make_method
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.config import load_config, with_overrides
-from pipeline.launch import pretrain
-from pipeline.resources import actor_name
+from pipeline.runtime.launch import pretrain
+from pipeline.runtime.resources import actor_name
 from tests.support.actors import wait_until_gone
 from tests.support.configs import tiny_overrides
 

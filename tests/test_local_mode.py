@@ -12,9 +12,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint
 from pipeline.config import ConfigError
-from pipeline.launch import PretrainResult, pretrain
+from pipeline.runtime.launch import PretrainResult, pretrain
+from pipeline.training.checkpoints import latest_checkpoint, load_checkpoint
 from tests.support.configs import tiny_config, tiny_overrides
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from pipeline.launch import pretrain
+from pipeline.runtime.launch import pretrain
 from tests.support.configs import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent

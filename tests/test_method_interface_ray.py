@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoints import load_checkpoint
 from pipeline.config import load_config, with_overrides
 from pipeline.data.build import build_source
-from pipeline.launch import pretrain
-from pipeline.method_configs import PLUGINS_ENV
-from pipeline.resources import actor_name
+from pipeline.methods.registry import PLUGINS_ENV
+from pipeline.runtime.launch import pretrain
+from pipeline.runtime.resources import actor_name
+from pipeline.training.checkpoints import load_checkpoint
 from tests.support.actors import wait_until_gone
 from tests.support.probe_method import read_records
 

@@ -14,8 +14,8 @@ from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
 from pipeline.config import TrackingConfig
 from pipeline.data.build import build_source
+from pipeline.evaluation.stage import evaluation_networks, load_run_config
 from pipeline.export import MODEL_NAME, log_final_model
-from pipeline.probe import evaluation_networks, load_run_config
 from pipeline.record import run as record_run
 from pipeline.record import store
 from tests.support.configs import Reference
@@ -64,7 +64,7 @@ def test_a_name_registers_it_and_a_second_report_logs_nothing(tiny_reference: Re
 def test_a_model_that_cannot_be_logged_is_a_warning_and_a_tag(
     mlflow_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from pipeline import launch
+    from pipeline.runtime import launch
 
     def refuse(*args: object) -> str:
         raise RuntimeError("this store has no model registry\nsecond line")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline.checkpoints import latest_checkpoint, load_checkpoint
-from pipeline.launch import PretrainResult, pretrain
+from pipeline.runtime.launch import PretrainResult, pretrain
+from pipeline.training.checkpoints import latest_checkpoint, load_checkpoint
 from tests.support.configs import tiny_config
 
 LOCAL = {"ray.num_workers": 1, "eval.linear.enabled": False, "train.epochs": 3}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from pipeline.launch import pretrain
+from pipeline.runtime.launch import pretrain
 from tests.support.configs import tiny_config
 
 

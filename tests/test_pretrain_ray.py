@@ -9,12 +9,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline import launch
-from pipeline.checkpoints import METRICS_FILE, checkpoint_metrics, latest_checkpoint, load_checkpoint
-from pipeline.cluster import ResourceError, check_resources
 from pipeline.config import ConfigError, TrackingConfig
-from pipeline.launch import pretrain
 from pipeline.record.run import open_run
+from pipeline.runtime import launch
+from pipeline.runtime.cluster import ResourceError, check_resources
+from pipeline.runtime.launch import pretrain
+from pipeline.training.checkpoints import METRICS_FILE, checkpoint_metrics, latest_checkpoint, load_checkpoint
 from tests.support.configs import Reference, tiny_config
 
 pytestmark = pytest.mark.usefixtures("ray_session")

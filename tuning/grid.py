@@ -240,7 +240,7 @@ def _set_only(values: dict[str, Any]) -> dict[str, Any]:
 
 def _validated(base: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
     """Return ``base`` with ``overrides`` after the driver's own checks (method, batch size, world size)."""
-    from pipeline.launch import validate  # torch-heavy: imported only once a grid is expanded
+    from pipeline.runtime.launch import validate  # torch-heavy: imported only once a grid is expanded
 
     config = with_overrides(base, overrides)
     validate(config)
@@ -256,7 +256,7 @@ def load_grid(path: str | Path, quick: bool = False, extra: dict[str, Any] | Non
     """Return the grid in ``path`` expanded into validated trials (``extra`` overrides every trial, e.g. ``--set``).
 
     Each axis value is checked on its own first, so that an error names the axis and the value;
-    then every complete trial is built and checked by its method (``pipeline.launch.validate``).
+    then every complete trial is built and checked by its method (``pipeline.runtime.launch.validate``).
     """
     grid_path = resolve_grid_path(path)
     spec = read_spec(grid_path)

@@ -1,6 +1,6 @@
 """Command line: ``python -m tuning.sweep --grid FILE [--quick] [--set key=value ...] [--max-concurrent N]``.
 
-A Ray Tune grid in which each trial is one whole pretraining run (``pipeline.launch.pretrain``: its own
+A Ray Tune grid in which each trial is one whole pretraining run (``pipeline.runtime.launch.pretrain``: its own
 TorchTrainer and workers, then the grid's evaluation). One MLflow parent run per sweep, one child run
 per trial tagged with its axis values, seed and name. Every trial is validated before anything runs.
 Run the same command again after an interrupt or a failure: finished trials are kept, the others
@@ -119,7 +119,7 @@ def find_or_create_parent(uri: str, experiment: str, grid: Grid) -> str:
 def actor_demand(config: ExperimentConfig) -> dict[str, float]:
     """Return the CPUs and GPUs the method's run-scoped actors reserve for one trial."""
     from pipeline.methods import get_method
-    from pipeline.resources import required_resources
+    from pipeline.runtime.resources import required_resources
 
     return required_resources(get_method(config.method.name).resources(config))
 
@@ -137,7 +137,7 @@ def check_cluster(configs: dict[str, ExperimentConfig], max_concurrent: int) -> 
     """Return how many trials run at once; raise ResourceError naming a trial the cluster cannot hold."""
     import ray
 
-    from pipeline.cluster import ResourceError, check_resources, cluster_address
+    from pipeline.runtime.cluster import ResourceError, check_resources, cluster_address
 
     available = ray.cluster_resources()
     fits = max_concurrent
@@ -173,8 +173,8 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
     """Run (or resume) the sweep until it ends or is interrupted; return its plan and how it ended."""
     from ray import tune
 
-    from pipeline.checkpoints import check_storage
-    from pipeline.cluster import ensure_ray, storage_root
+    from pipeline.runtime.cluster import ensure_ray, storage_root
+    from pipeline.training.checkpoints import check_storage
     from tuning.callbacks import EarlyStopRecorder, TrialProgress
 
     reference = grid.trials[0].config
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"grid {grid.path}: {len(grid.trials)} trials over {', '.join(grid.axes) or 'no axis'} (all validated)")
 
-    from pipeline.cluster import ResourceError
+    from pipeline.runtime.cluster import ResourceError
 
     try:
         plan, outcome = run_sweep(grid, args.max_concurrent)

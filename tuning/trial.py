@@ -31,7 +31,7 @@ def run_trial(trial_config: dict[str, Any]) -> None:
     """Tune's function trainable: pretrain (and evaluate) one grid point, then report its final metrics."""
     from ray import tune
 
-    from pipeline.launch import pretrain
+    from pipeline.runtime.launch import pretrain
 
     config = build_config(trial_config["config"])
     progress = trial_config.get("progress_metric")
@@ -51,7 +51,7 @@ def pretrain_reporting(config: ExperimentConfig, metric: str) -> Any:
     """
     from ray import tune
 
-    from pipeline.launch import pretrain
+    from pipeline.runtime.launch import pretrain
 
     outcome: dict[str, Any] = {}
 

@@ -31,8 +31,8 @@ from pipeline.data.build import build_source
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluation.monitor import extract_features, gather_by_index
-from pipeline.method_configs import ClusteringConfig
-from pipeline.progress import ImageProgress, ProgressReporter
+from pipeline.methods.hcsc.params import ClusteringConfig
+from pipeline.runtime.progress import ImageProgress, ProgressReporter
 
 # Results kept besides the newest: overlap mode reads key e−1 while key e is being computed.
 KEPT_RESULTS = 3

@@ -5,7 +5,7 @@ deterministic evaluation resize) plus, optionally, patches cut from the view's g
 overlapping patches cut from the finished view. It holds
 numbers only, so any backend can execute it: today ``pipeline.data.views`` runs it per image with
 torchvision; a batched GPU backend can run the same recipe later. The data layer knows no method:
-methods declare their views as recipes (``pipeline.methods.recipes`` holds the official ones).
+methods declare their views as recipes (``pipeline.methods.augmentations`` holds the official ones).
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def extract_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return pooled features ``[n, D]`` (float32; L2-normalised if ``normalize``) and sample indices ``[n]``.
 
-    ``progress`` (e.g. a ``pipeline.progress.ImageProgress``) is called after each batch with the number
+    ``progress`` (e.g. a ``pipeline.runtime.progress.ImageProgress``) is called after each batch with the number
     of images embedded so far: a host-side count, so reporting adds no device synchronisation.
     """
     was_training = backbone.training

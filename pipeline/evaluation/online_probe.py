@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import OnlineProbeConfig
-from pipeline.step import autocast
+from pipeline.training.step import autocast
 
 # The batch key of the un-augmented view the probe trains on; the loop removes it before the method's forward.
 ONLINE_PROBE_VIEW = "online_probe"

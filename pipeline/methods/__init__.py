@@ -1,50 +1,46 @@
-"""Registry of pretraining methods by name; the built-ins and plugins register themselves when first looked up."""
+"""Pretraining methods: one package per method family, holding its parameters and its method classes.
+
+A family folder (``moco/``, ``ascl/``, ...) holds ``params.py`` (torch-free parameter classes) and
+``method.py`` (the ``Method`` subclasses). ``registry`` (torch-free) finds the families on disk and maps
+names to parameter classes; ``factory`` maps them to method classes and builds one. This package
+imports no torch, so that ``pipeline.config`` validates a config against the parameter classes before
+torch loads; the method interface (``Method``, ``Batch``, ``get_method``, ``build_method``, ...) is
+imported from its torch-side modules on first use.
+"""
 
 from __future__ import annotations
 
-from pipeline.config import ExperimentConfig
-from pipeline.method_configs import load_plugins, method_config_class
-from pipeline.methods.base import Method
-from pipeline.methods.context import ActorSpec, Batch, EpochContext, EpochReport, MethodContext, StepInfo
+import importlib
+from typing import TYPE_CHECKING
 
-_REGISTRY: dict[str, type[Method]] = {}
+from pipeline.methods.registry import MethodConfig, method_config_class, params_names, register_params
 
+if TYPE_CHECKING:
+    from pipeline.methods.base import Method
+    from pipeline.methods.context import ActorSpec, Batch, EpochContext, EpochReport, MethodContext, StepInfo
+    from pipeline.methods.factory import build_method, get_method, method_names, register_method
 
-def register_method(method_class: type[Method]) -> type[Method]:
-    """Return ``method_class`` after registering it under its ``name`` (class decorator); its params must exist."""
-    method_config_class(method_class.name)
-    if method_class.name in _REGISTRY and _REGISTRY[method_class.name] is not method_class:
-        raise ValueError(f"method name '{method_class.name}' is registered twice")
-    _REGISTRY[method_class.name] = method_class
-    return method_class
-
-
-def method_names() -> list[str]:
-    """Return the registered method names, sorted."""
-    _load_builtins()
-    return sorted(_REGISTRY)
-
-
-def get_method(name: str) -> type[Method]:
-    """Return the method class registered as ``name``."""
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method '{name}'; registered: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+_INTERFACE = {
+    "Method": "pipeline.methods.base",
+    "build_method": "pipeline.methods.factory",
+    "get_method": "pipeline.methods.factory",
+    "method_names": "pipeline.methods.factory",
+    "register_method": "pipeline.methods.factory",
+    "ActorSpec": "pipeline.methods.context",
+    "Batch": "pipeline.methods.context",
+    "EpochContext": "pipeline.methods.context",
+    "EpochReport": "pipeline.methods.context",
+    "MethodContext": "pipeline.methods.context",
+    "StepInfo": "pipeline.methods.context",
+}
 
 
-def build_method(config: ExperimentConfig, num_classes: int, rank: int = 0, world_size: int = 1) -> Method:
-    """Return the configured method, built for ``rank`` of ``world_size`` with its batch-norm mode resolved."""
-    method_class = get_method(config.method.name)
-    batch_norm = method_class.batch_norm(config, world_size)
-    return method_class(MethodContext(config, rank, world_size, num_classes, batch_norm))
-
-
-def _load_builtins() -> None:
-    """Import the built-in method modules and the ``PIPELINE_PLUGINS`` modules so that they register themselves."""
-    from pipeline.methods import ascl, cpc, dim, dscl, hcsc, moco, selfcon, supcon  # noqa: F401
-
-    load_plugins()
+def __getattr__(name: str) -> object:
+    """Return a torch-side name (``Method``, ``Batch``, ``get_method``, ...), importing its module on first use."""
+    module = _INTERFACE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline.methods' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 __all__ = [
@@ -53,10 +49,14 @@ __all__ = [
     "EpochContext",
     "EpochReport",
     "Method",
+    "MethodConfig",
     "MethodContext",
     "StepInfo",
     "build_method",
     "get_method",
+    "method_config_class",
     "method_names",
+    "params_names",
     "register_method",
+    "register_params",
 ]

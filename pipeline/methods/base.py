@@ -11,7 +11,6 @@ from torch import nn
 from pipeline.config import ExperimentConfig
 from pipeline.data.recipes import ViewRecipe
 from pipeline.data.views import MultiView, build_views
-from pipeline.method_configs import MethodConfig
 from pipeline.methods.context import (
     ActorSpec,
     Batch,
@@ -21,6 +20,7 @@ from pipeline.methods.context import (
     StepInfo,
     resolve_batch_norm,
 )
+from pipeline.methods.registry import MethodConfig
 
 ParamsT = TypeVar("ParamsT", bound=MethodConfig)
 

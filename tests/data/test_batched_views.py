@@ -50,7 +50,7 @@ from pipeline.data.recipes import (
 )
 from pipeline.data.views import PatchGridView, PatchView, build_view, build_views, grid_cells
 from pipeline.methods import get_method, method_names
-from pipeline.methods.recipes import DSCL_KEY, MOCO_V2, cpc_view, pbsd_query
+from pipeline.methods.augmentations import DSCL_KEY, MOCO_V2, cpc_view, pbsd_query
 
 DRAWS = 4000
 LEVEL = 1 / 255

@@ -105,7 +105,7 @@ def test_ensemble_is_the_mean_of_logits() -> None:
 
 
 def test_class_balanced_sampler_shards_one_draw_sequence_across_ranks() -> None:
-    from pipeline.linear_train import ClassBalancedSampler
+    from pipeline.evaluation.linear_ray import ClassBalancedSampler
 
     labels = torch.arange(4).repeat_interleave(torch.tensor([40, 10, 5, 1]))
     ranks = [ClassBalancedSampler(labels, rank, 2, seed=3) for rank in range(2)]

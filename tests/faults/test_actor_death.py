@@ -14,10 +14,10 @@ import pytest
 import ray
 from mlflow import MlflowClient
 
-from pipeline.checkpoints import RUN_ID_FILE
 from pipeline.config import load_config, with_overrides
-from pipeline.launch import RunActorDied, pretrain
-from pipeline.resources import actor_name
+from pipeline.runtime.launch import RunActorDied, pretrain
+from pipeline.runtime.resources import actor_name
+from pipeline.training.checkpoints import RUN_ID_FILE
 from tests.support.actors import alive_actor_names, wait_until_gone
 from tests.support.configs import tiny_overrides
 

@@ -12,10 +12,10 @@ import PIL.Image
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.checkpoints import RUN_ID_FILE
-from pipeline.cluster import ResourceError
 from pipeline.data.errors import DataError
-from pipeline.launch import pretrain
+from pipeline.runtime.cluster import ResourceError
+from pipeline.runtime.launch import pretrain
+from pipeline.training.checkpoints import RUN_ID_FILE
 from tests.support.configs import tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from pipeline import evaluate
-from pipeline.checkpoints import (
+from pipeline.config import ExperimentConfig
+from pipeline.runtime.launch import announce_torn_checkpoints
+from pipeline.training.checkpoints import (
     CHECKPOINT_FILE,
     epoch_dir_name,
     resolve_run,
     write_checkpoint,
     write_run_config,
 )
-from pipeline.config import ExperimentConfig
-from pipeline.launch import announce_torn_checkpoints
 from tests.support.configs import tiny_config
 from tests.support.damage import corrupt_in_place
 

@@ -20,7 +20,7 @@ import numpy as np
 import PIL.Image
 from mlflow import MlflowClient
 
-from pipeline.checkpoints import RUN_ID_FILE
+from pipeline.training.checkpoints import RUN_ID_FILE
 from tests.support.configs import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,9 +20,9 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipeline.checkpoints import CHECKPOINT_FILE, load_checkpoint
-from pipeline.faults import PAUSE_ENV, pause_marker
-from pipeline.launch import pretrain
+from pipeline.runtime.launch import pretrain
+from pipeline.training.checkpoints import CHECKPOINT_FILE, load_checkpoint
+from pipeline.training.faults import PAUSE_ENV, pause_marker
 from tests.support.configs import Reference, tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.usefixtures("ray_session")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.cluster import RAY_AGENT_TITLES, orphaned_ray_agents, process_title, stop_orphaned_ray_agents
+from pipeline.runtime.cluster import RAY_AGENT_TITLES, orphaned_ray_agents, process_title, stop_orphaned_ray_agents
 
 START_RAY = (
     "import ray, time; ray.init(num_cpus=1, object_store_memory=80 * 1024 * 1024, include_dashboard=False); "

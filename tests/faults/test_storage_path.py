@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoints import check_storage
 from pipeline.config import ConfigError
+from pipeline.training.checkpoints import check_storage
 from tests.support.configs import tiny_overrides
 
 ROOT = Path(__file__).resolve().parents[2]

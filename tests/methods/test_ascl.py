@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from pipeline.config import load_config, with_overrides
 from pipeline.losses import ascl_byol, ascl_targets, info_nce, soft_info_nce
 from pipeline.methods import Batch, StepInfo
-from pipeline.methods.ascl import neighbour_agreement, target_class_precision
-from pipeline.methods.recipes import ASCL_WEAK, MOCO_V2
+from pipeline.methods.ascl.method import neighbour_agreement, target_class_precision
+from pipeline.methods.augmentations import ASCL_WEAK, MOCO_V2
 from tests.support.methods import make_method
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import torch.nn.functional as F
 
 from pipeline.config import load_config, with_overrides
 from pipeline.losses import info_nce, supcon
-from pipeline.method_configs import params_names
 from pipeline.methods import Batch, StepInfo, get_method, method_names
 from pipeline.methods.common import cosine_momentum, momentum_update, scheduled_momentum
 from pipeline.methods.context import resolve_batch_norm
+from pipeline.methods.registry import params_names
 from tests.support.methods import make_method
 
 

@@ -10,8 +10,8 @@ from pipeline.config import load_config, with_overrides
 from pipeline.data.recipes import PatchGrid
 from pipeline.losses import cpc_infonce
 from pipeline.methods import Batch, StepInfo, get_method
-from pipeline.methods.cpc import orient
-from pipeline.methods.recipes import cpc_view
+from pipeline.methods.augmentations import cpc_view
+from pipeline.methods.cpc.method import orient
 from pipeline.models.patch_grid import cut_grid
 from tests.data.test_views import random_image
 from tests.support.methods import make_method

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.losses import dim_infonce, dim_jsd, local_global_scores
 from pipeline.methods import Batch, StepInfo
-from pipeline.methods.recipes import ASCL_WEAK
+from pipeline.methods.augmentations import ASCL_WEAK
 from tests.support.methods import make_method
 
 

@@ -11,8 +11,8 @@ from torch.utils.data import default_collate
 
 from pipeline.losses import dscl, pbsd, scl
 from pipeline.methods import Batch, StepInfo
-from pipeline.methods.dscl import patch_boxes_to_rois, roi_patch_features
-from pipeline.methods.recipes import DSCL_KEY, MOCO_V2
+from pipeline.methods.augmentations import DSCL_KEY, MOCO_V2
+from pipeline.methods.dscl.method import patch_boxes_to_rois, roi_patch_features
 from pipeline.models.backbones import global_avg_pool
 from tests.support.methods import make_method
 

@@ -16,10 +16,10 @@ from pipeline.config import ConfigError, load_config, with_overrides
 from pipeline.data.build import build_source
 from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
-from pipeline.launch import pretrain, validate
 from pipeline.losses import icsc, icsc_selection_probs, info_nce, pcsc, pcsc_negative_ids, pcsc_selection_probs
 from pipeline.methods import Batch, EpochContext, StepInfo
-from pipeline.methods.hcsc import Hcsc, Prototypes
+from pipeline.methods.hcsc.method import Hcsc, Prototypes
+from pipeline.runtime.launch import pretrain, validate
 from tests.support.methods import make_method
 
 NUM_TRAIN = 48

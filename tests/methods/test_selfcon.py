@@ -7,8 +7,8 @@ import torch
 
 from pipeline.losses import supcon
 from pipeline.methods import Batch, StepInfo
-from pipeline.methods import selfcon as selfcon_module
-from pipeline.methods import supcon as supcon_module
+from pipeline.methods.selfcon import method as selfcon_module
+from pipeline.methods.supcon import method as supcon_module
 from tests.support.methods import make_method
 
 

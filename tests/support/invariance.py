@@ -25,8 +25,8 @@ from torch.utils.data import default_collate
 
 from pipeline.config import ExperimentConfig, load_config, with_overrides
 from pipeline.methods import Batch, Method, StepInfo, build_method, get_method
-from pipeline.optim import build_optimizer
-from pipeline.step import train_step
+from pipeline.training.optim import build_optimizer
+from pipeline.training.step import train_step
 
 GLOBAL_BATCH = 8
 NUM_CLASSES = 3
@@ -108,7 +108,7 @@ def local_batch(batch: Batch, rank: int, world: int) -> Batch:
 
 def install_prototypes(method: Method) -> None:
     """Give an HCSC method a fixed seeded hierarchy over the global batch's indices (no clustering actor)."""
-    from pipeline.methods.hcsc import Prototypes
+    from pipeline.methods.hcsc.method import Prototypes
 
     generator = torch.Generator().manual_seed(7)
     dim = method.context.config.model.proj_dim

@@ -19,10 +19,10 @@ from torch import nn
 
 from pipeline.config import ExperimentConfig
 from pipeline.data.recipes import ViewRecipe
-from pipeline.method_configs import MethodConfig, register_params
 from pipeline.methods import ActorSpec, Batch, EpochContext, Method, MethodContext, StepInfo, register_method
+from pipeline.methods.augmentations import ASCL_WEAK
 from pipeline.methods.common import build_encoder
-from pipeline.methods.recipes import ASCL_WEAK
+from pipeline.methods.registry import MethodConfig, register_params
 
 
 @register_params
@@ -51,11 +51,9 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@register_method
+@register_method(ProbeConfig)
 class Probe(Method[ProbeConfig]):
     """Trivial objective; records the batch indices and the epoch context it receives."""
-
-    name = "probe"
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cluster import ResourceError
 from pipeline.config import ConfigError
 from pipeline.record import names, store
+from pipeline.runtime.cluster import ResourceError
 from tests.support.configs import TINY
 from tuning import report, sweep
 from tuning.grid import load_grid

@@ -1,0 +1,1 @@
+"""CPC v2: ``params.py`` (torch-free) and ``method.py``."""

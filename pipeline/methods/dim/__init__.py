@@ -1,0 +1,1 @@
+"""Deep InfoMax: ``params.py`` (torch-free) and ``method.py``."""

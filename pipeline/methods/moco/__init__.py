@@ -1,0 +1,1 @@
+"""MoCo v2: ``params.py`` (torch-free) and ``method.py``."""

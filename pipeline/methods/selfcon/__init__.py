@@ -1,0 +1,1 @@
+"""SelfCon (multi-exit network): ``params.py`` (torch-free) and ``method.py``."""

@@ -1,0 +1,1 @@
+"""SupCon, SimCLR and SupCon-S: ``params.py`` (torch-free) and ``method.py``."""

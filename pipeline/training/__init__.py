@@ -1,0 +1,1 @@
+"""Training: the per-worker loop, one optimiser step, schedules, checkpoints, compilation and fault hooks."""

@@ -1,0 +1,45 @@
+"""The step's numerics: ``train.amp`` resolution and the channels-last layout of 4-D and 5-D image batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import load_config
+from pipeline.training.step import autocast_dtype, to_device
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
+
+
+def test_amp_defaults_to_auto() -> None:
+    assert load_config(None).train.amp == "auto"
+
+
+@pytest.mark.parametrize(
+    ("amp", "device", "expected"),
+    [
+        ("auto", CUDA, torch.bfloat16),
+        ("auto", CPU, None),
+        ("auto", None, None),
+        ("off", CUDA, None),
+        ("bf16", CPU, torch.bfloat16),
+        ("fp16", CUDA, torch.float16),
+    ],
+)
+def test_autocast_dtype_resolves_auto_on_the_device(
+    amp: str, device: torch.device | None, expected: torch.dtype | None
+) -> None:
+    # Resolving needs no GPU: only the device's type is read.
+    assert autocast_dtype(amp, device) is expected
+
+
+def test_image_groups_flatten_to_channels_last_views() -> None:
+    grid = torch.randn(2, 9, 3, 8, 8)  # [B, G*G, 3, P, P]
+    moved = to_device({"grid": grid, "image": grid[:, 0]}, CPU, channels_last=True)
+    flat = moved["grid"].flatten(0, 1)
+    assert flat.is_contiguous(memory_format=torch.channels_last)
+    assert flat.data_ptr() == moved["grid"].data_ptr()  # a view: the backbone gets channels-last without a copy
+    torch.testing.assert_close(flat, grid.flatten(0, 1), rtol=0, atol=0)
+    assert moved["image"].is_contiguous(memory_format=torch.channels_last)
+    plain = to_device({"grid": grid}, CPU, channels_last=False)["grid"]
+    assert plain.is_contiguous() and plain.flatten(0, 1).is_contiguous()
