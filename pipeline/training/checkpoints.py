@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from pipeline.config import ConfigError, ExperimentConfig, to_yaml
 
@@ -29,6 +30,16 @@ RUN_ID_FILE = "mlflow_run_id"
 RUN_CONFIG_FILE = "config.yaml"
 TRACKING_URI_FILE = "mlflow_tracking_uri"
 _EPOCH_DIR = re.compile(r"^epoch_(\d{4,})$")
+# The keys that shape a checkpoint's state (networks, optimiser state): a run cannot resume under other values.
+STATE_SHAPING_KEYS = (
+    "method.name",
+    "optim.name",
+    "model.backbone",
+    "model.cifar_stem",
+    "model.width",
+    "model.proj_hidden_dim",
+    "model.proj_dim",
+)
 
 
 def epoch_dir_name(epochs_done: int) -> str:
@@ -134,7 +145,40 @@ def resolve_run(config: ExperimentConfig, storage: Path) -> tuple[str, Path | No
     if mode == "never" and (storage / name).exists():
         name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
         checkpoint = None
+    if checkpoint is not None:
+        check_resumable(config, storage / name)
     return name, checkpoint
+
+
+def _value_at(tree: Any, dotted: str) -> Any:
+    """Return the value at ``dotted`` (``section.key``) in a nested mapping, None where a part is missing."""
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def check_resumable(config: ExperimentConfig, run_dir: Path) -> None:
+    """Raise ConfigError naming every state-shaping key whose value differs from the run's recorded config.
+
+    Such a change (another optimiser, backbone or width under an explicit ``ray.run_name``) would otherwise
+    fail deep inside ``load_state_dict`` on a worker, or, for optimisers whose states happen to fit, resume
+    silently with the wrong state. A run folder without its config (written by an older version) is not checked.
+    """
+    path = run_dir / RUN_CONFIG_FILE
+    if not path.is_file():
+        return
+    recorded = yaml.safe_load(path.read_text()) or {}
+    current = config.model_dump(mode="json")
+    changed = [
+        f"{key} = {_value_at(current, key)!r} (the run was started with {_value_at(recorded, key)!r})"
+        for key in STATE_SHAPING_KEYS
+        if _value_at(current, key) != _value_at(recorded, key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"run '{run_dir.name}' cannot resume with {'; '.join(changed)}: its checkpoints hold state of the "
+            "recorded value; restore it, or start a new run (another ray.run_name)"
+        )
 
 
 def check_storage(storage: str) -> None:

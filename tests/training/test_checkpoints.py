@@ -9,16 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.config import ConfigError, ExperimentConfig, load_config, with_overrides
 from pipeline.training.checkpoints import (
     CHECKPOINT_FILE,
     MANIFEST_FILE,
     METRICS_FILE,
+    RUN_CONFIG_FILE,
     checkpoint_folders,
     checkpoint_metrics,
+    epoch_dir_name,
     incomplete_reason,
     latest_checkpoint,
     load_checkpoint,
+    resolve_run,
     write_checkpoint,
+    write_run_config,
 )
 from tests.support.damage import corrupt_in_place
 
@@ -91,3 +96,31 @@ def test_a_manifest_without_checksums_is_checked_by_size(tmp_path: Path) -> None
     assert incomplete_reason(folder) is None
     (folder / METRICS_FILE).write_text("{}")
     assert "metrics.json has 2 bytes of" in incomplete_reason(folder)
+
+
+def started_run(tmp_path: Path, **overrides: object) -> tuple[Path, ExperimentConfig]:
+    """Return the storage folder of a run named 'explicit' with one complete checkpoint, and its config."""
+    config = with_overrides(load_config("quickstart.yaml"), {"ray.run_name": "explicit", **overrides})
+    run_dir = tmp_path / "explicit"
+    write_run_config(run_dir, config)
+    write_epoch(run_dir, 1)
+    return tmp_path, config
+
+
+def test_resuming_under_another_optimiser_or_network_is_refused_naming_each_key(tmp_path: Path) -> None:
+    storage, config = started_run(tmp_path)
+    changed = with_overrides(config, {"optim.name": "lars", "model.width": 32, "optim.lr": 0.5})
+    with pytest.raises(ConfigError) as refused:
+        resolve_run(changed, storage)
+    message = str(refused.value)
+    assert "optim.name = 'lars' (the run was started with 'sgd')" in message
+    assert "model.width = 32 (the run was started with 16)" in message
+    assert "optim.lr" not in message and "another ray.run_name" in message
+
+
+def test_resuming_with_other_schedules_or_a_folder_without_config_is_allowed(tmp_path: Path) -> None:
+    storage, config = started_run(tmp_path)
+    longer = with_overrides(config, {"optim.lr": 0.5, "train.epochs": 20})
+    assert resolve_run(longer, storage) == ("explicit", storage / "explicit" / epoch_dir_name(1))
+    (storage / "explicit" / RUN_CONFIG_FILE).unlink()
+    assert resolve_run(with_overrides(config, {"optim.name": "adamw"}), storage)[1] is not None
