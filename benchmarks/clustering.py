@@ -69,7 +69,7 @@ def round_trip(config: ExperimentConfig, repeats: int) -> None:
     """Print the clustering actor's round trip: weights in, embedding + k-means on the actor, hierarchy out."""
     ensure_ray(config.ray)
     specs = get_method(config.method.name).resources(config)
-    weights = build_encoder(config.model, "plain").state_dict()
+    weights = build_encoder(config.model, "plain", config.data.image_size).state_dict()
     size_mb = sum(value.numel() * value.element_size() for value in weights.values()) / 2**20
     with RunResources(specs, "benchmark-round-trip") as handles:
         actor = handles["clustering"]

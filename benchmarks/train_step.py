@@ -30,6 +30,8 @@ views are made afresh from a uint8 batch on the device before each step (the FLO
 Examples: ``python benchmarks/train_step.py --methods moco supcon --steps 5``;
 ``python benchmarks/train_step.py --methods moco ascl --queue-sizes 4096 65536 --stems cifar --repeats 3``;
 ``python benchmarks/train_step.py --methods moco dscl:pbsd.enabled=false dscl --baseline moco dscl:pbsd.enabled=false``.
+A timm backbone in place of the ResNet (needs ``timm``): ``python benchmarks/train_step.py --methods moco --stems cifar
+--backbone timm:vit_tiny_patch16_224 --timm-kwargs '{patch_size: 4, embed_dim: 96, depth: 6, num_heads: 3}'``.
 """
 
 from __future__ import annotations
@@ -184,11 +186,12 @@ class Measurement:
 
 
 def experiment_config(case: Case, args: argparse.Namespace) -> ExperimentConfig:
-    """Return the config of ``case``: ResNet-18 at the benchmark's width, size, batch and batch norm."""
+    """Return the config of ``case``: the benchmark's backbone (ResNet-18 at its width), size, batch and batch norm."""
     overrides: dict[str, object] = {
-        "model.backbone": "resnet18",
+        "model.backbone": args.backbone,
         "model.cifar_stem": case.cifar_stem,
         "model.width": args.width,
+        "model.timm_kwargs": yaml.safe_load(args.timm_kwargs) if args.timm_kwargs else {},
         "data.image_size": args.size,
         "train.batch_size": args.batch_size,
         "train.channels_last": case.channels_last,
@@ -297,6 +300,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--width", type=int, default=64, help="ResNet-18 width (64: the standard network)")
+    parser.add_argument("--backbone", default="resnet18", help="model.backbone, e.g. timm:vit_tiny_patch16_224")
+    parser.add_argument("--timm-kwargs", default=None, help="model.timm_kwargs as YAML, e.g. '{patch_size: 4}'")
     parser.add_argument("--batch-norm", default="plain", help="model.batch_norm (default plain; 'run' keeps auto)")
     parser.add_argument("--bn-splits", type=int, default=None, help="model.bn_splits (split batch norm)")
     parser.add_argument("--steps", type=int, default=3)
@@ -339,8 +344,9 @@ def main() -> None:
     memory_kind = "peak CUDA allocated" if device.type == "cuda" else "peak RSS growth"
     amp = args.amp or defaults.amp
     print(
-        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), ResNet-18 "
-        f"width {args.width}, {args.size} px, batch {args.batch_size}, amp {amp} "
+        f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+        f"{'ResNet-18 width ' + str(args.width) if args.backbone == 'resnet18' else args.backbone}, "
+        f"{args.size} px, batch {args.batch_size}, amp {amp} "
         f"({autocast_dtype(amp, device)}), views made on the {args.augment_on}, median of {args.repeats}"
     )
     stems = {"both": (True, False), "cifar": (True,), "standard": (False,)}[args.stems]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from pipeline.methods.registry import MethodConfig, method_config_class
 from pipeline.section import Section
@@ -67,16 +67,44 @@ class DataConfig(Section):
         return value
 
 
-class ModelConfig(Section):
-    """Backbone, normalisation and projection head."""
+RESNETS = ("resnet18", "resnet34", "resnet50")
+TIMM_PREFIX = "timm:"
 
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+
+class ModelConfig(Section):
+    """Backbone, normalisation and projection head.
+
+    ``backbone`` is one of the built-in ResNets (``cifar_stem`` and ``width`` apply to them) or any timm model
+    by name, ``timm:<name>`` (e.g. ``timm:vit_tiny_patch16_224``), built without pretrained weights and without
+    its classifier; ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``patch_size``, ``embed_dim``, ``depth``).
+    """
+
+    backbone: str = "resnet18"
     cifar_stem: bool = False
     width: int = Field(64, ge=4, le=256)
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict)
     batch_norm: Literal["auto", "plain", "split", "sync", "shuffle"] = "auto"
     bn_splits: int = Field(8, ge=1)
     proj_hidden_dim: int | None = Field(None, ge=1)
     proj_dim: int = Field(128, ge=1)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in RESNETS and not (value.startswith(TIMM_PREFIX) and value.removeprefix(TIMM_PREFIX)):
+            raise ValueError(f"must be one of {', '.join(RESNETS)} or timm:<model name>, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _timm_kwargs_need_timm(self) -> ModelConfig:
+        if self.timm_kwargs and not self.uses_timm:
+            raise ValueError(f"timm_kwargs apply to a timm backbone (timm:<name>), not to {self.backbone!r}")
+        return self
+
+    @property
+    def uses_timm(self) -> bool:
+        """Return whether the backbone is a timm model."""
+        return self.backbone.startswith(TIMM_PREFIX)
 
 
 class OptimConfig(Section):

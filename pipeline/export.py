@@ -40,7 +40,7 @@ from pipeline.data.views import normalization
 from pipeline.evaluate import run_folder
 from pipeline.evaluation.stage import EvaluationError, evaluation_networks, load_run_config
 from pipeline.methods.selfcon.method import BranchFeatures
-from pipeline.models.backbones import ResNet, build_backbone
+from pipeline.models.backbones import ResNet, TimmBackbone, build_backbone
 from pipeline.models.multi_exit import FcExit, StageExit
 from pipeline.models.patch_grid import PatchGridEncoder
 from pipeline.record.run import RunHandle, log_model, logged_model_id
@@ -99,6 +99,14 @@ def describe(name: str, network: nn.Module) -> tuple[dict[str, Any], nn.Module]:
             return {**spec, "norm": norm_kind(module), "feature_dim": multi_exit.backbone.feature_dim}, module
     if isinstance(network, ResNet):
         return {"kind": "resnet", "norm": norm_kind(network), "feature_dim": network.feature_dim}, network
+    if isinstance(network, TimmBackbone):
+        # The timm model itself: its state dict loads into timm.create_model(name, num_classes=0, **timm_kwargs).
+        return {
+            "kind": "timm",
+            "timm_model": network.name,
+            "norm": "plain",
+            "feature_dim": network.feature_dim,
+        }, network
     if isinstance(network, PatchGridEncoder):
         spec = {"kind": "patch_grid", "grid": network.grid, "norm": norm_kind(network)}
         return {**spec, "feature_dim": network.feature_dim}, network
@@ -199,10 +207,10 @@ def _torchvision_model(metadata: dict[str, Any]) -> nn.Module:
     return model
 
 
-def _project_network(spec: dict[str, Any], model: ModelConfig) -> nn.Module:
+def _project_network(spec: dict[str, Any], model: ModelConfig, image_size: int) -> nn.Module:
     """Return a freshly built project network of the described kind (weights not yet loaded)."""
-    backbone = build_backbone(model, norm=spec["norm"])
-    if spec["kind"] == "resnet":
+    backbone = build_backbone(model, norm=spec["norm"], image_size=image_size)
+    if spec["kind"] in ("resnet", "timm"):
         return backbone
     if spec["kind"] == "patch_grid":
         return PatchGridEncoder(backbone, spec["grid"])
@@ -254,7 +262,8 @@ def rebuild(payload: dict[str, Any], network: str) -> nn.Module:
     if metadata["format"] == "torchvision":
         module, state = _torchvision_model(metadata), payload["state_dict"]
     else:
-        module = _project_network(metadata["networks"][network], ModelConfig.model_validate(metadata["model"]))
+        model = ModelConfig.model_validate(metadata["model"])
+        module = _project_network(metadata["networks"][network], model, metadata["input"]["image_size"])
         state = payload["networks"][network]
     module.load_state_dict(state, strict=True)
     return module.eval()

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -28,6 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-5
 # Standard torchvision geometry: width 64, 7x7 stride-2 stem and max-pool; 32 px keeps it fast.
 TORCHVISION_SIZE = {"model.width": 64, "model.cifar_stem": False, "data.image_size": 32}
+TIMM_VIT = {
+    "model.backbone": "timm:vit_tiny_patch16_224",
+    "model.timm_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+}
 
 
 def randomise_norms(module: nn.Module, seed: int = 1) -> None:
@@ -137,6 +142,20 @@ def test_a_layer_norm_resnet_is_refused_for_torchvision() -> None:
     assert torchvision_refusal(spec, network) == "the backbone uses layer norm, torchvision's ResNet uses batch norm"
 
 
+def test_a_timm_backbone_is_refused_for_torchvision_and_its_state_dict_is_timm_s_own(tmp_path: Path) -> None:
+    run_dir, method = write_run(tmp_path, "moco", **{"method.queue_size": 64, **TIMM_VIT})
+    assert main(["--run", str(run_dir), "--format", "torchvision", "--out", str(tmp_path / "tv.pt")]) == 2
+    payload = export(run_dir, tmp_path / "networks.pt", "state_dict")
+    timm_model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=16, **TIMM_VIT["model.timm_kwargs"]
+    )
+    timm_model.load_state_dict(
+        {key.removeprefix("model."): value for key, value in payload["networks"]["backbone"].items()}
+    )
+    expected = method.evaluation_networks()["backbone"](images(16))
+    assert max_diff(timm_model.eval()(images(16)), expected) < TOLERANCE
+
+
 def test_selfcon_torchvision_export_is_the_backbone_and_names_the_exits_left_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -154,6 +173,7 @@ def test_selfcon_torchvision_export_is_the_backbone_and_names_the_exits_left_out
     [
         ("supcon", {}, {"backbone": ("resnet", "plain")}),
         ("moco", {"method.queue_size": 64}, {"backbone": ("resnet", "plain")}),
+        ("moco", {"method.queue_size": 64, **TIMM_VIT}, {"backbone": ("timm", "plain")}),
         ("cpc", {"method.grid": 3, "method.skip_steps": 0, "method.steps": 2}, {"backbone": ("patch_grid", "layer")}),
         ("selfcon", {}, {"backbone": ("resnet", "plain"), "exit_layer2": ("exit", "plain")}),
         (
@@ -162,7 +182,14 @@ def test_selfcon_torchvision_export_is_the_backbone_and_names_the_exits_left_out
             {"backbone": ("resnet", "plain"), "exit_layer1": ("exit", "plain"), "exit_layer3": ("exit", "plain")},
         ),
     ],
-    ids=["resnet-plain-bn", "resnet-split-bn", "cpc-layer-norm-patch-grid", "selfcon-fc-exit", "selfcon-stage-exits"],
+    ids=[
+        "resnet-plain-bn",
+        "resnet-split-bn",
+        "timm-vit",
+        "cpc-layer-norm-patch-grid",
+        "selfcon-fc-exit",
+        "selfcon-stage-exits",
+    ],
 )
 def test_load_backbone_rebuilds_every_evaluation_network_max_diff_0(
     tmp_path: Path, method_name: str, overrides: dict, kinds: dict

@@ -21,6 +21,7 @@ from pipeline.methods.context import (
     resolve_batch_norm,
 )
 from pipeline.methods.registry import MethodConfig
+from pipeline.models.backbones import check_timm_backbone
 
 ParamsT = TypeVar("ParamsT", bound=MethodConfig)
 
@@ -36,6 +37,9 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
     name: ClassVar[str]
     has_momentum_encoder: ClassVar[bool] = False
     uses_labels: ClassVar[bool] = False
+    # What the method reads from the backbone besides pooled features, if anything: a timm backbone gives
+    # pooled features only, so such a method needs a built-in ResNet.
+    reads_feature_maps: ClassVar[str | None] = None
     params: ParamsT
 
     def __init__(self, context: MethodContext) -> None:
@@ -61,6 +65,14 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
         """Raise ValueError naming the key if ``config`` cannot run with this method on ``world_size`` workers."""
+        if config.model.uses_timm:
+            norm = "split" if cls.batch_norm(config, world_size) == "split" else "plain"
+            check_timm_backbone(config.model, config.data.image_size, norm)
+        if cls.reads_feature_maps is not None and config.model.uses_timm:
+            raise ValueError(
+                f"model.backbone = {config.model.backbone!r}: {cls.name} {cls.reads_feature_maps}, which only the "
+                "built-in ResNets expose (model.backbone: resnet18, resnet34 or resnet50)"
+            )
         if cls.batch_norm(config, world_size) == "sync" and world_size > 1 and config.ray.gpus_per_worker == 0:
             raise ValueError(
                 "model.batch_norm = 'sync' needs GPU workers (PyTorch's SyncBatchNorm under DDP runs on CUDA only); "

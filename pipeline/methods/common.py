@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.models.backbones import ResNet, build_backbone
+from pipeline.models.backbones import ResNet, TimmBackbone, build_backbone
 from pipeline.models.distributed import all_gather_with_grad, concat_all_gather
 from pipeline.models.heads import ProjectionHead
 
@@ -17,7 +17,7 @@ from pipeline.models.heads import ProjectionHead
 class Encoder(nn.Module):
     """Backbone followed by a projection head; returns unnormalised embeddings."""
 
-    def __init__(self, backbone: ResNet, head: nn.Module) -> None:
+    def __init__(self, backbone: ResNet | TimmBackbone, head: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -27,9 +27,9 @@ class Encoder(nn.Module):
         return self.head(self.backbone(images))
 
 
-def build_encoder(model_config: ModelConfig, batch_norm: str) -> Encoder:
-    """Return a backbone plus MoCo v2 projection head (d -> d -> proj_dim)."""
-    backbone = build_backbone(model_config, norm="split" if batch_norm == "split" else "plain")
+def build_encoder(model_config: ModelConfig, batch_norm: str, image_size: int | None = None) -> Encoder:
+    """Return a backbone (for ``image_size`` px inputs) plus MoCo v2 projection head (d -> d -> proj_dim)."""
+    backbone = build_backbone(model_config, norm="split" if batch_norm == "split" else "plain", image_size=image_size)
     hidden = model_config.proj_hidden_dim or backbone.feature_dim
     return Encoder(backbone, ProjectionHead(backbone.feature_dim, hidden, model_config.proj_dim))
 

@@ -1,14 +1,17 @@
-"""ResNet-18/34/50 backbones built from torchvision's blocks, with an optional CIFAR stem and width."""
+"""Backbones: ResNet-18/34/50 built from torchvision's blocks (optional CIFAR stem and width), or any timm model."""
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
+from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
-from pipeline.config import ModelConfig
-from pipeline.models.norm import NormKind
+from pipeline.config import TIMM_PREFIX, ModelConfig
+from pipeline.models.norm import NormKind, split_batch_norms
 from pipeline.models.norm import norm_layer as make_norm_layer
 
 Block = type[BasicBlock] | type[Bottleneck]
@@ -126,7 +129,69 @@ class ResNet(nn.Module):
         return global_avg_pool(self.forward_map(x))
 
 
-def build_backbone(model_cfg: ModelConfig, norm: NormKind) -> ResNet:
-    """Return the ResNet described by the model config, with plain or split batch norm or layer norm."""
+class TimmBackbone(nn.Module):
+    """A timm model without pretrained weights or classifier: images [B, 3, H, W] -> pooled features [B, D].
+
+    ``feature_dim`` is timm's ``num_features`` (what its pooling, or a ViT's class token, yields). A ViT has
+    no batch norm, so split and shuffle batch norm change nothing in it.
+    """
+
+    def __init__(self, name: str, image_size: int | None = None, kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        # Imported here: timm adds over a second to every start, and only timm backbones need it.
+        import timm
+
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise ValueError(f"model.backbone = '{TIMM_PREFIX}{name}': timm has no model {name!r}{hint}")
+        options = dict(kwargs or {})
+        try:
+            self.model = self._create(timm, name, options, image_size)
+        except TypeError as exc:
+            raise ValueError(f"model.timm_kwargs = {options}: timm's {name} does not accept them ({exc})") from None
+        self.name = name
+        self.feature_dim = int(self.model.num_features)
+
+    @staticmethod
+    def _create(timm: Any, name: str, options: dict[str, Any], image_size: int | None) -> nn.Module:
+        """Return timm's model for ``image_size`` px inputs where it is built for a fixed size (ViTs, Swin)."""
+        if image_size is None or "img_size" in options:
+            return timm.create_model(name, pretrained=False, num_classes=0, **options)
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size, **options)
+        except TypeError as exc:
+            # Convolutional networks take any input size and refuse the argument.
+            if "img_size" not in str(exc):
+                raise
+            return timm.create_model(name, pretrained=False, num_classes=0, **options)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return the model's pooled features [B, feature_dim]."""
+        return self.model(x)
+
+
+def check_timm_backbone(model_cfg: ModelConfig, image_size: int, norm: NormKind) -> None:
+    """Raise ValueError naming ``model.backbone``, ``model.timm_kwargs`` or ``model.batch_norm`` if it cannot be built.
+
+    Built on the meta device: no memory is allocated and no weights are initialised, so it costs milliseconds.
+    """
+    with torch.device("meta"):
+        build_backbone(model_cfg, norm, image_size)
+
+
+def build_backbone(model_cfg: ModelConfig, norm: NormKind, image_size: int | None = None) -> ResNet | TimmBackbone:
+    """Return the backbone the model config describes, with plain or split batch norm (or layer norm: ResNets only).
+
+    A timm model is built for ``image_size`` px inputs where it has a fixed size; split batch norm replaces its
+    batch norms.
+    """
+    if model_cfg.uses_timm:
+        if norm == "layer":
+            raise ValueError(f"model.backbone = {model_cfg.backbone!r}: layer norm is built into ResNets only")
+        backbone = TimmBackbone(model_cfg.backbone.removeprefix(TIMM_PREFIX), image_size, model_cfg.timm_kwargs)
+        if norm == "split":
+            split_batch_norms(backbone, model_cfg.bn_splits)
+        return backbone
     depth = int(model_cfg.backbone.removeprefix("resnet"))
     return ResNet(depth, model_cfg.cifar_stem, model_cfg.width, make_norm_layer(norm, model_cfg.bn_splits))

@@ -77,3 +77,25 @@ def norm_layer(kind: NormKind, splits: int = 1) -> Callable[[int], nn.Module]:
             raise ValueError(f"split batch norm needs splits >= 1, got {splits}")
         return functools.partial(SplitBatchNorm2d, num_splits=splits)
     raise ValueError(f"unknown norm kind {kind!r}; expected 'plain', 'split' or 'layer'")
+
+
+def split_batch_norms(module: nn.Module, splits: int) -> nn.Module:
+    """Return ``module`` with every BatchNorm2d replaced in place by a SplitBatchNorm2d of ``splits`` groups.
+
+    For networks built elsewhere (timm): their layers are not made through ``norm_layer``. A network without
+    batch norm (a ViT) is returned unchanged. Affine parameters and running statistics carry over. A batch norm
+    of another kind (timm's fused ``BatchNormAct2d``) cannot be split: ValueError naming ``model.batch_norm``.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d) and type(child) not in (nn.BatchNorm2d, SplitBatchNorm2d):
+            raise ValueError(
+                f"model.batch_norm: split batch norm cannot replace {name} ({type(child).__name__}); "
+                "set model.batch_norm=plain (or shuffle, on several workers)"
+            )
+        if type(child) is nn.BatchNorm2d:
+            split = SplitBatchNorm2d(child.num_features, splits, eps=child.eps, momentum=child.momentum)
+            split.load_state_dict(child.state_dict())
+            setattr(module, name, split)
+        else:
+            split_batch_norms(child, splits)
+    return module

@@ -37,6 +37,7 @@ STATE_SHAPING_KEYS = (
     "model.backbone",
     "model.cifar_stem",
     "model.width",
+    "model.timm_kwargs",
     "model.proj_hidden_dim",
     "model.proj_dim",
 )

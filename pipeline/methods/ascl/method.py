@@ -121,7 +121,7 @@ class AsclByol(Method[AsclByolConfig]):
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
         config = context.config
-        self.online = build_encoder(config.model, context.batch_norm)
+        self.online = build_encoder(config.model, context.batch_norm, config.data.image_size)
         dim = config.model.proj_dim
         self.predictor = PredictionHead(dim, self.params.predictor_hidden_dim, dim)
         self.momentum_encoder = momentum_copy(self.online)

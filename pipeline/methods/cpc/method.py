@@ -49,6 +49,8 @@ def orient(vectors: Tensor, direction: str) -> Tensor:
 class Cpc(Method[CpcConfig]):
     """CPC v2: patch vectors, a causal context network and linear k-step predictors under InfoNCE."""
 
+    reads_feature_maps = "encodes each patch with the ResNet's stages and its own normalisation (method.norm)"
+
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
         params = self.params

@@ -44,6 +44,8 @@ class LocalEncoder(nn.Sequential):
 class Dim(Method[DimConfig]):
     """Deep InfoMax: local–global mutual information between a pooled vector and a stage's feature map."""
 
+    reads_feature_maps = "contrasts local features from a stage's feature map (method.local_stage)"
+
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
         model = context.config.model

@@ -54,6 +54,8 @@ def roi_patch_features(feature_map: torch.Tensor, boxes: torch.Tensor, total_str
 class Scl(MoCo):
     """SCL: the query against the other queries, all keys and the labelled queue, every positive weighted equally."""
 
+    reads_feature_maps = "pools its queries from the last feature map, where PBSD cuts its RoI features"
+
     uses_labels = True
     params: SclConfig
 

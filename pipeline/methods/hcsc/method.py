@@ -129,7 +129,9 @@ class Hcsc(MoCo):
 
         params: HcscConfig = config.method  # type: ignore[assignment]
         world_size = max(config.ray.num_workers, 1)
-        network_factory = functools.partial(build_encoder, config.model, cls.batch_norm(config, world_size))
+        network_factory = functools.partial(
+            build_encoder, config.model, cls.batch_norm(config, world_size), config.data.image_size
+        )
         actor = ActorSpec(
             ClusteringActor,
             kwargs={

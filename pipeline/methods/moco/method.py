@@ -38,7 +38,7 @@ class MoCo(Method[MocoConfig]):
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
         config = context.config
-        self.online = build_encoder(config.model, context.batch_norm)
+        self.online = build_encoder(config.model, context.batch_norm, config.data.image_size)
         self.momentum_encoder = momentum_copy(self.online)
         queue_classes = context.num_classes if self.random_queue_labels else None
         self.queue = LabelledQueue(self.params.queue_size, config.model.proj_dim, num_classes=queue_classes)

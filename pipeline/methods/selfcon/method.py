@@ -50,6 +50,8 @@ def selfcon_features(network: MultiExitNetwork, views: list[torch.Tensor]) -> to
 class SelfCon(Method[SelfConConfig]):
     """SelfCon-S / -M (labels) and SelfCon-SU / -MU (no labels) over a multi-exit network."""
 
+    reads_feature_maps = "branches its exits off intermediate stages (method.exits)"
+
     uses_labels = True
 
     def __init__(self, context: MethodContext) -> None:

@@ -29,7 +29,7 @@ class SupCon(Method[SupConConfig | SimCLRConfig | SupConSConfig]):
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
-        self.encoder = build_encoder(context.config.model, context.batch_norm)
+        self.encoder = build_encoder(context.config.model, context.batch_norm, context.config.data.image_size)
 
     @classmethod
     def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
