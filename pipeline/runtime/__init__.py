@@ -1,1 +1,1 @@
-"""Running a run: the driver, Ray connection and placement, run-scoped actors, worker sessions and progress lines."""
+"""Running a run: the driver, Ray connection and placement, run-scoped actors and progress lines."""

@@ -64,7 +64,6 @@ from pipeline.runtime.cluster import (
 )
 from pipeline.runtime.progress import ProgressRelay
 from pipeline.runtime.resources import RunResources, actor_name, required_resources
-from pipeline.runtime.sessions import LocalSession
 from pipeline.training.checkpoints import (
     check_storage,
     checkpoint_epoch,
@@ -78,6 +77,7 @@ from pipeline.training.checkpoints import (
     write_run_id,
 )
 from pipeline.training.loop import LoopInputs, run_loop, train_loop_per_worker
+from pipeline.training.sessions import LocalSession
 
 log = logging.getLogger(__name__)
 

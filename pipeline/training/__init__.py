@@ -1,1 +1,1 @@
-"""Training: the per-worker loop, one optimiser step, schedules, checkpoints, compilation and fault hooks."""
+"""Training: the per-worker loop and its sessions, one step, schedules, checkpoints, compilation, fault hooks."""

@@ -1,7 +1,7 @@
 """The per-worker training loop: one function, run by Ray Train's workers or in the calling process.
 
 ``run_loop`` gets everything about where it runs (rank, world size, device, the checkpoint the runtime
-registered, where epochs are reported) from its ``WorkerSession`` (``pipeline.runtime.sessions``); Ray Train's
+registered, where epochs are reported) from its ``WorkerSession`` (``pipeline.training.sessions``); Ray Train's
 entry point is ``train_loop_per_worker``.
 """
 
@@ -31,12 +31,12 @@ from pipeline.methods import EpochContext, Method, StepInfo, build_method, get_m
 from pipeline.record.names import PICTURES_DIR
 from pipeline.record.run import RunHandle, last_logged_step, log_artifact, log_metrics, log_text
 from pipeline.runtime.progress import ProgressReporter, format_duration
-from pipeline.runtime.sessions import RayTrainSession, WorkerSession
 from pipeline.training.checkpoints import checkpoint_epoch, incomplete_reason, load_checkpoint
 from pipeline.training.compilation import compile_networks
 from pipeline.training.faults import FaultHooks
 from pipeline.training.optim import build_optimizer, lr_schedule
 from pipeline.training.seeding import seed_everything
+from pipeline.training.sessions import RayTrainSession, WorkerSession
 from pipeline.training.step import autocast_dtype, batch_to_device, to_device, train_step
 
 

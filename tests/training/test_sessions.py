@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.runtime.sessions import LocalSession
 from pipeline.training.checkpoints import checkpoint_folders, incomplete_reason, latest_checkpoint, load_checkpoint
+from pipeline.training.sessions import LocalSession
 
 
 def _state(epoch: int) -> dict:
