@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import ExperimentConfig, load_config
-from pipeline.data.build import build_source
+from pipeline.data.build import Source, build_source
 from pipeline.data.loader import build_loader
 from pipeline.methods import Method, StepInfo, build_method, get_method
 from pipeline.training.checkpoints import latest_checkpoint, load_checkpoint
@@ -41,23 +41,27 @@ def parse_phases(text: str) -> list[tuple[float, int]]:
     return phases
 
 
-def resume_method(run_dir: Path, overrides: list[str]) -> tuple[ExperimentConfig, Method, torch.optim.Optimizer, int]:
-    """Return the run's config, its method and optimiser loaded from the latest checkpoint, and that epoch."""
+def resume_method(
+    run_dir: Path, overrides: list[str]
+) -> tuple[ExperimentConfig, Source, Method, torch.optim.Optimizer, int]:
+    """Return the run's config, training set (method's views), method, optimiser and epoch at its latest checkpoint."""
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise SystemExit(f"--run {run_dir}: no complete checkpoint (epoch_NNNN folder) in it")
     config = load_config(run_dir / "config.yaml", overrides)
-    source = build_source(config.data, "train")
+    transform = get_method(config.method.name).train_transform(config)
+    source = build_source(config.data, "train", transform=transform)
     method = build_method(config, source.num_classes)
     state = load_checkpoint(checkpoint)
     method.load_state_dict(state["method"])
     optimizer = build_optimizer(config.optim, method)
     optimizer.load_state_dict(state["optimizer"])
-    return config, method, optimizer, int(state["epoch"])
+    return config, source, method, optimizer, int(state["epoch"])
 
 
 def run_phases(
     config: ExperimentConfig,
+    source: Source,
     method: Method,
     optimizer: torch.optim.Optimizer,
     epoch: int,
@@ -65,8 +69,6 @@ def run_phases(
     window: int,
 ) -> list[tuple[int, float, dict[str, float]]]:
     """Return ``(step, lr, mean losses over the window)`` for each window of ``window`` steps of the phases."""
-    method_class = get_method(config.method.name)
-    source = build_source(config.data, "train", transform=method_class.train_transform(config))
     loader = build_loader(
         source,
         config.train.batch_size,
@@ -111,9 +113,9 @@ def main() -> None:
     if not (args.run / "config.yaml").is_file():
         raise SystemExit(f"--run {args.run}: not a run folder (no config.yaml)")
     phases = parse_phases(args.phases)
-    config, method, optimizer, epoch = resume_method(args.run, args.set)
+    config, source, method, optimizer, epoch = resume_method(args.run, args.set)
     print(f"{args.run.name}: {config.method.name} after epoch {epoch}, global batch {config.train.batch_size}")
-    for step, rate, means in run_phases(config, method, optimizer, epoch, phases, args.window):
+    for step, rate, means in run_phases(config, source, method, optimizer, epoch, phases, args.window):
         figures = "  ".join(f"{name} {value:.4f}" for name, value in sorted(means.items()))
         print(f"steps {step - args.window + 1:4d}-{step:4d}  lr {rate:<8g} {figures}", flush=True)
 

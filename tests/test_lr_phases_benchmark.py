@@ -38,16 +38,16 @@ def test_zero_rate_freezes_the_online_encoder_and_windows_are_reported(tmp_path:
     lr_phases = load_benchmark()
     config = tiny_config(tmp_path, mlflow_uri, **{"ray.num_workers": 1, "train.epochs": 1})
     run_dir = Path(pretrain(config, local=True).checkpoint_path).parent
-    config, method, optimizer, epoch = lr_phases.resume_method(run_dir, [])
+    config, source, method, optimizer, epoch = lr_phases.resume_method(run_dir, [])
     assert epoch == 1
     before = {name: value.clone() for name, value in method.online.state_dict().items() if value.is_floating_point()}
-    rows = lr_phases.run_phases(config, method, optimizer, epoch, [(0.0, 4), (0.05, 2)], window=2)
+    rows = lr_phases.run_phases(config, source, method, optimizer, epoch, [(0.0, 4), (0.05, 2)], window=2)
     assert [(step, rate) for step, rate, _ in rows] == [(2, 0.0), (4, 0.0), (6, 0.05)]
     assert all({"loss", "info_nce", "contrast_acc"} <= set(means) for _, _, means in rows)
     after = method.online.state_dict()
     weights = [name for name in before if "running" not in name and "num_batches" not in name]
     # The last phase (lr 0.05) moves the weights; rerun the zero phase alone to check it leaves them in place.
     assert any(not torch.equal(before[name], after[name]) for name in weights)
-    config, method, optimizer, epoch = lr_phases.resume_method(run_dir, [])
-    lr_phases.run_phases(config, method, optimizer, epoch, [(0.0, 3)], window=3)
+    config, source, method, optimizer, epoch = lr_phases.resume_method(run_dir, [])
+    lr_phases.run_phases(config, source, method, optimizer, epoch, [(0.0, 3)], window=3)
     assert all(torch.equal(before[name], method.online.state_dict()[name]) for name in weights)

@@ -65,15 +65,15 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
         """Raise ValueError naming the key if ``config`` cannot run with this method on ``world_size`` workers."""
+        batch_norm = cls.batch_norm(config, world_size)
         if config.model.uses_timm:
-            norm = "split" if cls.batch_norm(config, world_size) == "split" else "plain"
-            check_timm_backbone(config.model, config.data.image_size, norm)
-        if cls.reads_feature_maps is not None and config.model.uses_timm:
-            raise ValueError(
-                f"model.backbone = {config.model.backbone!r}: {cls.name} {cls.reads_feature_maps}, which only the "
-                "built-in ResNets expose (model.backbone: resnet18, resnet34 or resnet50)"
-            )
-        if cls.batch_norm(config, world_size) == "sync" and world_size > 1 and config.ray.gpus_per_worker == 0:
+            if cls.reads_feature_maps is not None:
+                raise ValueError(
+                    f"model.backbone = {config.model.backbone!r}: {cls.name} {cls.reads_feature_maps}, which only the "
+                    "built-in ResNets expose (model.backbone: resnet18, resnet34 or resnet50)"
+                )
+            check_timm_backbone(config.model, config.data.image_size, "split" if batch_norm == "split" else "plain")
+        if batch_norm == "sync" and world_size > 1 and config.ray.gpus_per_worker == 0:
             raise ValueError(
                 "model.batch_norm = 'sync' needs GPU workers (PyTorch's SyncBatchNorm under DDP runs on CUDA only); "
                 "set ray.gpus_per_worker or choose another model.batch_norm"
