@@ -13,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 
 from pipeline.config import ConfigError
-from pipeline.runtime.launch import PretrainResult, pretrain
+from pipeline.runtime.launch import PretrainResult, RunInterrupted, RunStopped, pretrain
 from pipeline.training.checkpoints import latest_checkpoint, load_checkpoint
 from tests.support.configs import tiny_config, tiny_overrides
 
@@ -125,3 +125,25 @@ def test_the_command_line_trains_locally_without_ray(tmp_path: Path, mlflow_uri:
     assert "=== pretraining finished ===" in finished.stdout
     state = load_checkpoint(latest_checkpoint(tmp_path / "runs" / "cli"))
     assert state["epoch"] == 2
+
+
+def test_a_steered_local_run_hands_each_epoch_over_and_ends_where_its_hook_says(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    seen: list[dict[str, float]] = []
+
+    def hook(metrics: dict[str, float]) -> bool:
+        seen.append(metrics)
+        return False
+
+    config = tiny_config(tmp_path, mlflow_uri, **ONE_WORKER, **{"ray.run_name": "steered", "train.epochs": 3})
+    with pytest.raises(RunInterrupted, match="1/3 epochs") as ended:
+        pretrain(config, local=True, on_epoch=hook)
+    assert not isinstance(ended.value, RunStopped)  # nobody asked it to stop early: it resumes as interrupted
+    assert [metrics["epoch"] for metrics in seen] == [1]
+    run_dir = tmp_path / "runs" / "steered"
+    state = load_checkpoint(latest_checkpoint(run_dir))
+    assert state["epoch"] == 1 and seen[0]["train/loss"] == state["metrics"]["train/loss"]
+    recorded = MlflowClient(mlflow_uri).get_run(ended.value.mlflow_run_id)
+    assert recorded.info.status == "KILLED" and "stopped_early" not in recorded.data.tags
+    assert [step for step, _ in _history(mlflow_uri, recorded.info.run_id, "train/loss")] == [0]

@@ -8,19 +8,21 @@ from typing import Any
 
 from ray.tune import Callback
 
-from pipeline.config import build_config
-from pipeline.record.sweep import mark_stopped
+from pipeline.runtime.progress import request_stop
 from tuning.trial import EPOCH_KEY, FINISHED_KEY
 
 
-class EarlyStopRecorder(Callback):
-    """Marks in MLflow a trial that completed without its final report: the scheduler (ASHA) stopped it."""
+class StopRequester(Callback):
+    """Asks the run of a trial the scheduler stopped (it completed without its final figures) to stop early.
+
+    Tune calls this before it stops the trial's actor, and only for a scheduler's decision, never while
+    tearing down an interrupted sweep: the request is on the run's relay before the trial is told to end.
+    """
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """Mark ``trial``'s MLflow run as stopped early unless it reported its final figures."""
-        last = trial.last_result or {}
-        if not last.get(FINISHED_KEY):
-            mark_stopped(build_config(trial.config["config"]).tracking, int(last.get(EPOCH_KEY, 0)))
+        """Ask ``trial``'s run to stop early unless it reported its final figures."""
+        if not (trial.last_result or {}).get(FINISHED_KEY):
+            request_stop(_trial_name(trial))
 
 
 def _trial_name(trial: Any) -> str:

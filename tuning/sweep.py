@@ -9,8 +9,9 @@ reported with its error and the other trials go on. The report (``tuning.report`
 end, and can be run any time while the sweep is in progress. Exit codes: 0 every trial finished, 1
 some failed, 130 interrupted (Ctrl+C) with trials unfinished, 2 bad input; the parent run ends
 FINISHED, FAILED or KILLED accordingly and is RUNNING again while a re-run resumes it. With the grid's
-``search: asha`` every trial reports its metric each epoch (read back from its MLflow run) and ASHA
-stops the weaker ones at its rungs; a stopped trial's run ends KILLED with the tag ``stopped_early``.
+``search: asha`` ASHA judges each epoch's metric as the trial reports it (every trial hands Tune each
+epoch's figures and waits for its word) and stops the weaker ones at its rungs; a stopped trial's run
+ends KILLED at that epoch with the tag ``stopped_early``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, ExperimentConfig, build_config, with_overrides
+from pipeline.config import ConfigError, ExperimentConfig, with_overrides
 from pipeline.record import sweep as sweep_record
 from pipeline.record.names import SWEEP_TAG
 from pipeline.record.store import TrackingError, reachable_store
 from tuning.grid import Grid, GridError, load_grid, parse_assignments
 from tuning.report import write_report
-from tuning.trial import EPOCH_KEY, FINISHED_KEY, run_trial
+from tuning.trial import EPOCH_KEY, FINISHED_KEY, PretrainTrial
 
 # The trial's own driver needs no CPU: its TorchTrainer's workers reserve the real ones. A Tune bundle cannot be
 # empty, so it holds 1 MiB of Ray's logical memory; a fraction of a CPU instead left a trial whose workers ask for
@@ -166,6 +167,8 @@ def asha_scheduler(grid: Grid) -> Any:
         max_t=max(trial.config.train.epochs for trial in grid.trials),
         grace_period=grid.spec.asha.grace_period,
         reduction_factor=grid.spec.asha.reduction_factor,
+        # A trial that reaches the last epoch goes on to its evaluation and final figures, not a stop.
+        stop_last_trials=False,
     )
 
 
@@ -175,7 +178,7 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
 
     from pipeline.runtime.cluster import ensure_ray, storage_root
     from pipeline.training.checkpoints import check_storage
-    from tuning.callbacks import EarlyStopRecorder, TrialProgress
+    from tuning.callbacks import StopRequester, TrialProgress
 
     reference = grid.trials[0].config
     # Every check that can refuse the sweep runs before its MLflow parent run exists: storage, store, resources.
@@ -185,16 +188,12 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
     ensure_ray(reference.ray)
     concurrent = check_cluster({trial.name: trial.config for trial in grid.trials}, max_concurrent)
     plan = plan_sweep(grid, uri, Path(storage) / "sweeps" / grid.sweep_name)
-    trainable = tune.with_resources(run_trial, TRIAL_DRIVER_RESOURCES)
+    trainable = tune.with_resources(PretrainTrial, TRIAL_DRIVER_RESOURCES)
     if tune.Tuner.can_restore(str(plan.tune_path)):
         print(f"resuming sweep {grid.sweep_name} from {plan.tune_path}: finished trials are kept")
         tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_errored=True)
     else:
-        asha = grid.spec.search == "asha"
-        space = {
-            "config": tune.grid_search([config.model_dump(mode="json") for config in plan.configs.values()]),
-            "progress_metric": grid.spec.metric if asha else None,
-        }
+        space = {"config": tune.grid_search([config.model_dump(mode="json") for config in plan.configs.values()])}
         tuner = tune.Tuner(
             trainable,
             param_space=space,
@@ -204,7 +203,9 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
                 storage_path=str(plan.tune_path.parent),
                 verbose=0,
                 log_to_file=True,
-                callbacks=[TrialProgress(len(grid.trials), grid.spec.metric), *([EarlyStopRecorder()] if asha else [])],
+                # A trial's state is its run's own checkpoints (the run resumes from them); Tune keeps none.
+                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                callbacks=[TrialProgress(len(grid.trials), grid.spec.metric), StopRequester()],
             ),
         )
     print(
@@ -233,12 +234,13 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
             failed.append((name, str(result.error).strip().splitlines()[-1]))
         elif (result.metrics or {}).get(FINISHED_KEY):
             finished.add(name)
-        elif (
-            grid.spec.search == "asha"
-            and result.config
-            and sweep_record.settle_stopped(build_config(result.config["config"]).tracking)
-        ):
-            stopped.append(name)
+        elif name in plan.configs:
+            # Tune stopped listening before the final figures: the run's own record says how it ended.
+            status, stopped_early = sweep_record.child_status(plan.configs[name].tracking)
+            if stopped_early:
+                stopped.append(name)
+            elif status == "FINISHED":
+                finished.add(name)
     done = finished | set(stopped) | {name for name, _ in failed}
     unfinished = [trial.name for trial in grid.trials if trial.name not in done]
     for name in unfinished:

@@ -1,21 +1,28 @@
-"""One sweep trial as Tune runs it: a whole pretraining run whose figures are reported to Tune.
+"""One sweep trial as Tune runs it: a whole pretraining run, steered by Tune one epoch at a time.
 
-A module of its own: Tune pickles the trainable, and the sweep's callbacks read the keys it reports.
+The run hands each epoch's metrics to Tune as it finishes it and waits for Tune's word before the
+next: Tune asking for the next result means go on, Tune stopping the trial means end here. A run the
+scheduler stopped was first asked to stop (``tuning.callbacks.StopRequester``), so it ends KILLED and
+tagged ``stopped_early``; one Tune tears down without that request (an interrupted sweep) ends KILLED
+and resumes when the sweep runs again. A module of its own: Tune pickles the trainable, and the
+sweep's callbacks read the keys it reports.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from ray import tune
+
 from pipeline.config import ExperimentConfig, build_config
-from pipeline.record.run import metric_history
-from pipeline.record.sweep import find_child, record_failure
+from pipeline.record.sweep import record_failure
 
 # Reported with a trial's final figures: Tune's results carry bookkeeping keys even for trials that never reported.
 FINISHED_KEY = "sweep/finished"
 EPOCH_KEY = "epoch"
-PROGRESS_POLL_S = 2.0
 
 
 def trial_metrics(result: Any, config: ExperimentConfig) -> dict[str, float]:
@@ -27,54 +34,80 @@ def trial_metrics(result: Any, config: ExperimentConfig) -> dict[str, float]:
     return {**metrics, EPOCH_KEY: float(config.train.epochs), FINISHED_KEY: 1.0}
 
 
-def run_trial(trial_config: dict[str, Any]) -> None:
-    """Tune's function trainable: pretrain (and evaluate) one grid point, then report its final metrics."""
-    from ray import tune
-
-    from pipeline.runtime.launch import pretrain
-
-    config = build_config(trial_config["config"])
-    progress = trial_config.get("progress_metric")
-    try:
-        result = pretrain(config) if progress is None else pretrain_reporting(config, progress)
-    except Exception as exc:
-        record_failure(config.tracking, exc)
-        raise
-    tune.report(trial_metrics(result, config))
+def epoch_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Return one epoch's figures for Tune: the numeric metrics, with the epoch number under ``EPOCH_KEY``."""
+    return {key: float(value) for key, value in metrics.items() if isinstance(value, int | float)}
 
 
-def pretrain_reporting(config: ExperimentConfig, metric: str) -> Any:
-    """Return ``pretrain(config)``'s result after reporting each epoch's ``metric`` to Tune as it lands in MLflow.
+class TrialStream:
+    """A pretraining run in a thread, handing out one result per call: each epoch's metrics, then the final figures.
 
-    Training runs in a thread; this one reads the trial's MLflow run every few seconds, so a scheduler
-    (ASHA) can stop the trial between epochs without any hook inside the training workers.
+    The run waits after each epoch until the next ``next_result`` call (go on) or ``close`` (end here).
+    ``pretrain`` is ``pipeline.runtime.launch.pretrain`` (a parameter so the protocol is tested without Ray).
     """
-    from ray import tune
 
-    from pipeline.runtime.launch import pretrain
+    def __init__(self, config: ExperimentConfig, pretrain: Callable[..., Any]) -> None:
+        self.config = config
+        self.results: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.verdicts: queue.Queue[bool] = queue.Queue()
+        self.awaiting = False  # the run waits for the verdict on the last epoch handed out
+        self.thread = threading.Thread(target=self._run, args=(pretrain,), name="pretrain", daemon=True)
+        self.thread.start()
 
-    outcome: dict[str, Any] = {}
+    def _on_epoch(self, metrics: dict[str, float]) -> bool:
+        """Hand one epoch's metrics out and return the verdict on going on (the run's epoch hook)."""
+        self.results.put(("epoch", metrics))
+        return self.verdicts.get()
 
-    def train() -> None:
+    def _run(self, pretrain: Callable[..., Any]) -> None:
+        """Pretrain (and evaluate), queueing the final figures, or the end or error that came instead."""
+        from pipeline.runtime.launch import RunInterrupted
+
         try:
-            outcome["result"] = pretrain(config)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the trial's own thread below
-            outcome["error"] = exc
+            result = pretrain(self.config, on_epoch=self._on_epoch)
+        except RunInterrupted as ended:
+            self.results.put(("ended", ended))
+        except BaseException as exc:  # noqa: BLE001 - handed to the trial's own thread, which raises it to Tune
+            self.results.put(("error", exc))
+        else:
+            self.results.put(("final", trial_metrics(result, self.config)))
 
-    worker = threading.Thread(target=train, name="pretrain", daemon=True)
-    worker.start()
-    reported, child = 0, None
-    while True:
-        running = worker.is_alive()
-        # The child run is looked up until it exists, then only its metric history is read.
-        child = child or find_child(config.tracking)
-        history = metric_history(config.tracking.uri, child, metric) if child else []
-        for step, value in history[reported:]:
-            tune.report({metric: value, EPOCH_KEY: step + 1})
-        reported = len(history)
-        if not running:
-            break
-        worker.join(timeout=PROGRESS_POLL_S)
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+    def next_result(self) -> dict[str, Any]:
+        """Return the next result for Tune (letting the run go on past the last epoch handed out); raise its error."""
+        if self.awaiting:
+            self.verdicts.put(True)
+            self.awaiting = False
+        kind, payload = self.results.get()
+        if kind == "epoch":
+            self.awaiting = True
+            return epoch_metrics(payload)
+        if kind == "final":
+            return {**payload, "done": True}
+        if kind == "ended":
+            raise RuntimeError(f"{payload} before Tune asked it to end")
+        record_failure(self.config.tracking, payload)
+        raise payload
+
+    def close(self) -> None:
+        """Return None once the run has ended: a run waiting after an epoch (or reaching the next) ends there."""
+        # One False answers the run whether it waits now or reaches its next epoch boundary later.
+        self.verdicts.put(False)
+        self.thread.join()
+
+
+class PretrainTrial(tune.Trainable):
+    """Tune's trainable: one grid point's pretraining (and evaluation), one result per epoch, then the final one."""
+
+    def setup(self, config: dict[str, Any]) -> None:
+        """Start the trial's run (``config["config"]`` is its ExperimentConfig as JSON-ready data)."""
+        from pipeline.runtime.launch import pretrain
+
+        self.stream = TrialStream(build_config(config["config"]), pretrain)
+
+    def step(self) -> dict[str, Any]:
+        """Return the run's next result: an epoch's metrics, or the final figures (``done``)."""
+        return self.stream.next_result()
+
+    def cleanup(self) -> None:
+        """End the run at its epoch boundary (Tune stopped the trial) or wait for its end (it finished)."""
+        self.stream.close()

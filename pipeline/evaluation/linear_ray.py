@@ -198,7 +198,7 @@ def augmented_logits(
     }
     relay = ProgressRelay()
     try:
-        loop_config["progress"] = relay.queue
+        loop_config["progress"] = relay.handle
         name = f"{run_dir.name}-linear-{key}"
         fit(make_trainer(linear_loop_per_worker, loop_config, config.ray, name, storage_root(config.ray)))
     finally:

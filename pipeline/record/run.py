@@ -40,6 +40,9 @@ def open_run(
     exp_id = experiment_id(uri, config.experiment)
     if existing_run_id is not None and _run_exists(client, existing_run_id):
         client.update_run(existing_run_id, status="RUNNING")
+        # A run stopped early and trained on is no longer stopped early.
+        if STOPPED_TAG in client.get_run(existing_run_id).data.tags:
+            client.delete_tag(existing_run_id, STOPPED_TAG)
         handle = RunHandle(uri, client.get_run(existing_run_id).info.experiment_id, existing_run_id)
     else:
         tags = dict(config.tags)
@@ -137,11 +140,6 @@ def set_tags(handle: RunHandle, tags: Mapping[str, str]) -> None:
 def finish_run(handle: RunHandle, status: str) -> None:
     """Mark the run FINISHED, FAILED or KILLED."""
     mlflow_client(handle.tracking_uri).set_terminated(handle.run_id, status=status)
-
-
-def stopped_by_scheduler(handle: RunHandle) -> bool:
-    """Return whether a sweep's scheduler stopped the run (it carries ``STOPPED_TAG``)."""
-    return STOPPED_TAG in mlflow_client(handle.tracking_uri).get_run(handle.run_id).data.tags
 
 
 def run_url(handle: RunHandle) -> str:

@@ -109,61 +109,39 @@ def record_failure(tracking: TrackingConfig, error: BaseException) -> None:
     child = find_child(tracking)
     message = (str(error).strip().splitlines() or [type(error).__name__])[-1][:5000]
     if child:
-        # A trial the scheduler stopped errors as its workers are torn down: that is no failure to record.
-        if STOPPED_TAG not in client.get_run(child).data.tags:
-            client.set_tag(child, ERROR_TAG, message)
+        client.set_tag(child, ERROR_TAG, message)
         return
     tags = {**tracking.tags, PARENT_TAG: tracking.parent_run_id, ERROR_TAG: message}
     run = client.create_run(experiment_id(tracking.uri, tracking.experiment), tags=tags, run_name=tracking.run_name)
     client.set_terminated(run.info.run_id, status="FAILED")
 
 
-def mark_stopped(tracking: TrackingConfig, epochs: int) -> None:
-    """End the run of a trial the scheduler stopped: status KILLED, tag ``stopped_early`` = epochs trained."""
+def child_status(tracking: TrackingConfig) -> tuple[str | None, bool]:
+    """Return the trial's child run status (None before it is opened) and whether it was stopped early."""
     child = find_child(tracking)
-    if child is not None:
-        client = mlflow_client(tracking.uri)
-        client.set_tag(child, STOPPED_TAG, str(epochs))
-        _end_killed(client, child)
-
-
-def settle_stopped(tracking: TrackingConfig) -> bool:
-    """Return whether the scheduler stopped the trial; if so end its run KILLED, without an ``error`` tag.
-
-    Called once Tune has ended every trial: a stopped trial's processes may have written FAILED and an
-    error after ``mark_stopped`` ran, while its workers were being torn down.
-    """
-    child = find_child(tracking)
-    client = mlflow_client(tracking.uri)
-    if child is None or STOPPED_TAG not in client.get_run(child).data.tags:
-        return False
-    _end_killed(client, child)
-    return True
-
-
-def _end_killed(client: Any, run_id: str) -> None:
-    """End a stopped trial's run KILLED and drop any ``error`` tag its torn-down workers left."""
-    run = client.get_run(run_id)
-    if ERROR_TAG in run.data.tags:
-        client.delete_tag(run_id, ERROR_TAG)
-    if run.info.status != "KILLED":
-        client.set_terminated(run_id, status="KILLED")
+    if child is None:
+        return None, False
+    run = mlflow_client(tracking.uri).get_run(child)
+    return run.info.status, STOPPED_TAG in run.data.tags
 
 
 def end_interrupted(tracking: TrackingConfig) -> bool:
-    """Return whether the trial's child run was left RUNNING by an interrupt; if so end it KILLED, tagged why.
+    """Return whether the trial's child run was cut short by an interrupt; if so end it KILLED, tagged why.
 
-    Tune stops an interrupted trial's driver without letting it record its end, so the sweep does it.
+    An interrupted trial's run either ended itself KILLED at its epoch boundary or was left RUNNING when
+    Tune tore its processes down; a run that finished, failed or was stopped early keeps its record.
     """
     child = find_child(tracking)
     if child is None:
         return False
     client = mlflow_client(tracking.uri)
-    if client.get_run(child).info.status != "RUNNING":
+    run = client.get_run(child)
+    if run.info.status not in ("RUNNING", "KILLED") or STOPPED_TAG in run.data.tags:
         return False
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     client.set_tag(child, INTERRUPTED_TAG, f"{when}: the sweep was interrupted; run it again to resume this trial")
-    client.set_terminated(child, status="KILLED")
+    if run.info.status == "RUNNING":
+        client.set_terminated(child, status="KILLED")
     return True
 
 

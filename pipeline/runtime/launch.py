@@ -38,6 +38,7 @@ from pipeline.record.names import (
     PICTURES_DIR,
     RUN_DIR_TAG,
     RUN_NAME_TAG,
+    STOPPED_TAG,
     SUMMARY_ARTIFACT,
 )
 from pipeline.record.run import (
@@ -50,7 +51,6 @@ from pipeline.record.run import (
     open_run,
     recorded_metric,
     set_tags,
-    stopped_by_scheduler,
 )
 from pipeline.record.store import reachable_store
 from pipeline.runtime.cluster import (
@@ -62,7 +62,7 @@ from pipeline.runtime.cluster import (
     make_trainer,
     storage_root,
 )
-from pipeline.runtime.progress import ProgressRelay
+from pipeline.runtime.progress import EpochHook, ProgressRelay
 from pipeline.runtime.resources import RunResources, actor_name, required_resources
 from pipeline.training.checkpoints import (
     check_storage,
@@ -91,6 +91,22 @@ class RunInterrupted(Exception):
         super().__init__(f"run '{run_name}' interrupted with {epochs_done}/{epochs} epochs saved in {run_dir}")
         self.run_name, self.run_dir, self.mlflow_run_id = run_name, run_dir, mlflow_run_id
         self.epochs_done, self.epochs = epochs_done, epochs
+
+
+class RunStopped(RunInterrupted):
+    """The run was asked to stop early and ended at an epoch boundary; its MLflow run is KILLED, tagged why."""
+
+    def __init__(self, run_name: str, run_dir: Path, epochs_done: int, epochs: int, mlflow_run_id: str) -> None:
+        super().__init__(run_name, run_dir, epochs_done, epochs, mlflow_run_id)
+        self.args = (f"run '{run_name}' stopped early at request after {epochs_done}/{epochs} epochs ({run_dir})",)
+
+
+class EndedEarly(Exception):
+    """Raised by the fit stage when the driver's epoch hook ended training before its last epoch."""
+
+    def __init__(self, epochs_done: int, stop_requested: bool) -> None:
+        super().__init__(f"training ended after epoch {epochs_done}")
+        self.epochs_done, self.stop_requested = epochs_done, stop_requested
 
 
 class RunActorDied(RuntimeError):
@@ -307,11 +323,18 @@ def open_record(plan: RunPlan) -> tuple[RunHandle, float | None, bool]:
 def ended_on_failure(plan: RunPlan, run: RunHandle) -> Iterator[None]:
     """Run the block; however it fails, end the MLflow run before the error goes on.
 
-    An interrupt (KeyboardInterrupt, or ``INTERRUPTED`` set by a signal handler) ends it KILLED and
-    raises RunInterrupted; any other error ends it FAILED, unless a sweep's scheduler stopped it (KILLED).
+    An interrupt (KeyboardInterrupt, ``INTERRUPTED`` set by a signal handler, or an end-here verdict nobody
+    asked for as a stop) ends it KILLED and raises RunInterrupted; an end-here verdict after a stop request
+    ends it KILLED, tagged ``stopped_early`` with its epochs, and raises RunStopped; any other error ends it FAILED.
     """
     try:
         yield
+    except EndedEarly as early:
+        ended = RunStopped if early.stop_requested else RunInterrupted
+        if early.stop_requested:
+            set_tags(run, {STOPPED_TAG: str(early.epochs_done)})
+        finish_run(run, "KILLED")
+        raise ended(plan.run_name, plan.run_dir, early.epochs_done, plan.config.train.epochs, run.run_id) from None
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) or INTERRUPTED.is_set():
             finish_run(run, "KILLED")
@@ -322,8 +345,7 @@ def ended_on_failure(plan: RunPlan, run: RunHandle) -> Iterator[None]:
             ) from None
         if isinstance(exc, RunActorDied):
             set_tags(run, {ERROR_TAG: str(exc)})
-        # A scheduler that stops a trial tears down its training workers, and the error that follows is no failure.
-        finish_run(run, "KILLED" if stopped_by_scheduler(run) else "FAILED")
+        finish_run(run, "FAILED")
         raise
 
 
@@ -376,12 +398,16 @@ def evaluate(plan: RunPlan, result: PretrainResult, verbose: bool = False) -> No
     result.evaluation = {name: network.metrics() for name, network in evaluation.networks.items()}
 
 
-def pretrain(config: ExperimentConfig, verbose: bool = False, local: bool = False) -> PretrainResult:
+def pretrain(
+    config: ExperimentConfig, verbose: bool = False, local: bool = False, on_epoch: EpochHook | None = None
+) -> PretrainResult:
     """Run (or resume) one pretraining run end to end and return its result: check, record, fit, evaluate.
 
     A failure in the checks raises before an MLflow run is created or touched; after that the run ends
     KILLED on an interrupt (raising RunInterrupted) and FAILED on any other error (see ``ended_on_failure``).
     ``local`` trains in this process instead of on Ray Train (one worker; for debuggers and profilers).
+    ``on_epoch`` steers the run: it gets each epoch's metrics as they land and returns whether to go on
+    (a sweep trial hands them to Tune and answers with the scheduler's decision).
     """
     started = time.time()
     plan = check(config, verbose, local)
@@ -390,7 +416,7 @@ def pretrain(config: ExperimentConfig, verbose: bool = False, local: bool = Fals
     with ended_on_failure(plan, run):
         describe_run(plan, run, baseline, new_baseline)
         if plan.needs_training:
-            _fit(plan, run)
+            _fit(plan, run, on_epoch)
         result = record_result(plan, run, baseline, started)
     if config.eval.linear.enabled:
         evaluate(plan, result, verbose)
@@ -439,27 +465,30 @@ def draw_pictures(plan: RunPlan, run: RunHandle, checkpoint: Path) -> Path | Non
     return path
 
 
-def _fit(plan: RunPlan, run: RunHandle) -> None:
-    """Create the run's actors (and the workers' progress relay), train, tear both down; raise if training failed."""
+def _fit(plan: RunPlan, run: RunHandle, on_epoch: EpochHook | None = None) -> None:
+    """Create the run's actors and relay, train, tear both down; raise if training failed or ``on_epoch`` ended it."""
     config = plan.config
-    # A local loop prints its progress itself; Ray Train's workers hand their lines to the relay.
-    relay = None if plan.local else ProgressRelay()
-    queue = relay.queue if relay is not None else None
+    # A local loop prints its progress itself and needs a relay only to be steered; Ray Train's workers need one.
+    relay = ProgressRelay(plan.run_name, on_epoch, local=plan.local) if on_epoch or not plan.local else None
+    handle = relay.handle if relay is not None else None
+    ended_early: EndedEarly | None = None
     try:
-        with RunResources(plan.actor_specs, plan.run_name, progress=queue) as handles:
+        # A local relay is an object of this process: the run's actors (other processes) print their own lines.
+        with RunResources(plan.actor_specs, plan.run_name, progress=None if plan.local else handle) as handles:
             inputs = LoopInputs(
                 config=config.model_dump(mode="json"),
                 run_dir=str(plan.run_dir),
                 mlflow=asdict(run),
                 resources=handles,
-                progress=queue,
+                progress=handle,
                 resume_from=str(plan.resume_from) if plan.resume_from is not None else None,
+                steered=on_epoch is not None,
             )
             try:
                 if plan.local:
                     run_loop(inputs, LocalSession(plan.run_dir, use_gpu=config.ray.gpus_per_worker > 0))
                 else:
-                    # Field by field, not asdict: that would deep-copy the actor handles and the relay queue.
+                    # Field by field, not asdict: that would deep-copy the actor handles and the relay.
                     loop_config = {item.name: getattr(inputs, item.name) for item in fields(inputs)}
                     fit(
                         make_trainer(
@@ -480,6 +509,12 @@ def _fit(plan: RunPlan, run: RunHandle) -> None:
                 epoch = (checkpoint_epoch(saved) if saved is not None else 0) + 1
                 name = actor_name(plan.run_name, dead[0])
                 raise RunActorDied(dead[0], name, epoch, config.train.epochs, saved) from None
+        saved = latest_checkpoint(plan.run_dir)
+        epochs_done = checkpoint_epoch(saved) if saved is not None else 0
+        if relay is not None and epochs_done < config.train.epochs and relay.ended_early(epochs_done):
+            ended_early = EndedEarly(epochs_done, relay.stop_requested())
     finally:
         if relay is not None:
             relay.close()
+    if ended_early is not None:
+        raise ended_early

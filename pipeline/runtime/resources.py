@@ -32,7 +32,7 @@ def actor_name(run_name: str, key: str) -> str:
 class RunResources:
     """The actors of one run: ``start`` creates them and returns their handles; ``close`` kills every one.
 
-    An actor class whose constructor takes ``progress`` receives the run's progress relay queue there.
+    An actor class whose constructor takes ``progress`` receives the run's progress relay there.
     """
 
     def __init__(self, specs: dict[str, ActorSpec], run_name: str, progress: Any | None = None) -> None:

@@ -67,8 +67,9 @@ class LoopInputs:
     run_dir: str
     mlflow: dict[str, str] | None = None  # RunHandle fields; rank 0 logs each epoch there
     resources: dict[str, Any] = field(default_factory=dict)  # the run-scoped actors' handles, by key
-    progress: Any | None = None  # the driver's progress relay queue (None: print here)
+    progress: Any | None = None  # the driver's progress relay (None: print here)
     resume_from: str | None = None  # the driver's choice of checkpoint folder
+    steered: bool = False  # after each epoch, wait for the driver's verdict (go on or end here)
 
 
 @dataclass
@@ -373,6 +374,20 @@ def _record_pictures(run: RunHandle, run_dir: Path, pictures: dict[str, bytes]) 
         log_artifact(run, path, PICTURES_DIR)
 
 
+def _go_on(setup: WorkerSetup, epochs_done: int) -> bool:
+    """Return the driver's verdict after ``epochs_done`` (True: go on), the same on every worker.
+
+    Rank 0 waits for it at the relay and gives it to the others (one broadcast), so every worker
+    leaves the loop after the same epoch.
+    """
+    go_on = setup.progress.verdict(epochs_done) if setup.rank == 0 else True
+    if dist.is_initialized() and setup.world_size > 1:
+        flag = torch.tensor([int(go_on)], device=setup.device)
+        dist.broadcast(flag, src=0)
+        go_on = bool(flag.item())
+    return go_on
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train one Ray Train worker's share of the run (``loop_config`` holds a ``LoopInputs``'s fields)."""
     run_loop(LoopInputs(**loop_config), RayTrainSession())
@@ -429,3 +444,9 @@ def run_loop(inputs: LoopInputs, session: WorkerSession) -> None:
                 f"epoch {epoch + 1}/{config.train.epochs} loss {metrics['train/loss']:.4f}{knn}{online} "
                 f"{metrics['perf/images_per_s']:.0f} img/s {metrics['perf/epoch_time_s']:.1f}s ETA {eta}"
             )
+            setup.progress.epoch(epoch + 1, metrics)
+        # A steered run waits for the driver's word between epochs, so a scheduler's stop lands at the epoch it judged.
+        if inputs.steered and epoch + 1 < config.train.epochs and not _go_on(setup, epoch + 1):
+            if setup.rank == 0:
+                setup.progress.say(f"the driver ended the run after epoch {epoch + 1}/{config.train.epochs}")
+            return

@@ -18,6 +18,7 @@ from pipeline.data.recipes import EVAL_VIEW
 from pipeline.data.views import build_view
 from pipeline.evaluation.monitor import extract_features
 from pipeline.methods.common import build_encoder
+from pipeline.runtime.progress import RunRelay
 
 NUM_TRAIN = 120
 
@@ -61,24 +62,14 @@ def test_weights_are_embedded_on_the_actor_and_clustered_like_the_pure_function(
     assert 0 <= result.statistics["level2/nmi_superclass"] <= 1
 
 
-class LineQueue:
-    """Stands in for the run's progress relay queue: keeps what the actor puts."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def put_nowait(self, line: str) -> None:
-        """Keep ``line``."""
-        self.lines.append(line)
-
-
 def test_embedding_says_progress_through_the_relay_ending_at_the_training_set() -> None:
-    queue = LineQueue()
-    actor = make_actor(queue)
+    relay = RunRelay()  # the run's relay as an object of this process: the driver would take and print its lines
+    actor = make_actor(relay)
     actor.submit_weights(3, build_encoder(actor.network_factory.args[0], "plain").state_dict())
     actor.result(3)
-    assert queue.lines[-1].startswith(f"  clustering after 3 epochs: embedded {NUM_TRAIN}/{NUM_TRAIN} images, ")
-    assert " img/s, done in " in queue.lines[-1]
+    lines = relay.take()
+    assert lines[-1].startswith(f"  clustering after 3 epochs: embedded {NUM_TRAIN}/{NUM_TRAIN} images, ")
+    assert " img/s, done in " in lines[-1]
 
 
 def test_features_from_the_workers_are_clustered_as_given() -> None:

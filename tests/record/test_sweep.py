@@ -1,6 +1,5 @@
-"""How a sweep trial's run ends in MLflow. A trial ASHA stopped ends KILLED with its ``stopped_early`` tag, whatever
-its torn-down workers write after the stop: the race the Ray sweep test once lost (the trial's own FAILED landed
-after the driver's KILLED). A failure is recorded; an interrupted trial left RUNNING is ended KILLED."""
+"""How a sweep reads and ends its trials' runs in MLflow: a failure is recorded; an interrupted trial (left RUNNING,
+or ended KILLED at its epoch boundary) is tagged why; a stopped-early one keeps its record."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from mlflow import MlflowClient
 
 from pipeline.config import ExperimentConfig
 from pipeline.record import names, store, sweep
-from pipeline.record import run as record_run
 from tests.support.configs import tiny_config
 
 
@@ -27,30 +25,7 @@ def trial_config(tmp_path: Path, mlflow_uri: str) -> tuple[ExperimentConfig, str
     return config, child
 
 
-def test_a_stopped_trials_late_failure_is_not_recorded_and_the_sweep_settles_it_killed(
-    tmp_path: Path, mlflow_uri: str
-) -> None:
-    config, child = trial_config(tmp_path, mlflow_uri)
-    client = MlflowClient(mlflow_uri)
-    handle = record_run.RunHandle(mlflow_uri, client.get_run(child).info.experiment_id, child)
-    assert not record_run.stopped_by_scheduler(handle)
-    assert not sweep.settle_stopped(config.tracking)
-
-    sweep.mark_stopped(config.tracking, epochs=1)
-    assert record_run.stopped_by_scheduler(handle)
-    sweep.record_failure(config.tracking, RuntimeError("worker died\nActorDiedError: the placement group was removed"))
-    assert "error" not in client.get_run(child).data.tags
-
-    # The order the CI run saw: the trial's processes write FAILED and an error after the driver's KILLED.
-    client.set_tag(child, "error", "ActorDiedError")
-    client.set_terminated(child, status="FAILED")
-    assert sweep.settle_stopped(config.tracking)
-    settled = client.get_run(child)
-    assert settled.info.status == "KILLED"
-    assert settled.data.tags[names.STOPPED_TAG] == "1" and "error" not in settled.data.tags
-
-
-def test_a_failure_of_a_trial_that_was_not_stopped_is_recorded(tmp_path: Path, mlflow_uri: str) -> None:
+def test_a_trials_failure_is_recorded_on_its_child_run(tmp_path: Path, mlflow_uri: str) -> None:
     config, child = trial_config(tmp_path, mlflow_uri)
     sweep.record_failure(config.tracking, RuntimeError("Traceback ...\nValueError: loss is nan"))
     run = MlflowClient(mlflow_uri).get_run(child)
@@ -68,3 +43,26 @@ def test_an_interrupted_trial_left_running_is_ended_killed_with_the_reason(tmp_p
     client.set_terminated(child, status="FINISHED")
     assert not sweep.end_interrupted(config.tracking)
     assert client.get_run(child).info.status == "FINISHED"
+
+
+def test_a_trial_that_ended_itself_killed_is_tagged_interrupted_unless_it_was_stopped_early(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    config, child = trial_config(tmp_path, mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    client.set_terminated(child, status="KILLED")
+    assert sweep.child_status(config.tracking) == ("KILLED", False)
+    assert sweep.end_interrupted(config.tracking)
+    assert "the sweep was interrupted" in client.get_run(child).data.tags[names.INTERRUPTED_TAG]
+
+    client.delete_tag(child, names.INTERRUPTED_TAG)
+    client.set_tag(child, names.STOPPED_TAG, "1")
+    assert sweep.child_status(config.tracking) == ("KILLED", True)
+    assert not sweep.end_interrupted(config.tracking)
+    assert names.INTERRUPTED_TAG not in client.get_run(child).data.tags
+
+
+def test_a_trial_without_a_child_run_has_no_status(tmp_path: Path, mlflow_uri: str) -> None:
+    config = tiny_config(tmp_path, mlflow_uri, **{"tracking.parent_run_id": "0" * 32, "tracking.tags": {"trial": "x"}})
+    assert sweep.child_status(config.tracking) == (None, False)
+    assert not sweep.end_interrupted(config.tracking)

@@ -14,7 +14,7 @@ from pipeline.config import load_config, with_overrides
 from pipeline.evaluate import main as evaluate_main
 from pipeline.evaluation.monitor import extract_features
 from pipeline.models.backbones import build_backbone
-from pipeline.runtime.progress import ImageProgress, format_duration
+from pipeline.runtime.progress import ImageProgress, ProgressRelay, ProgressReporter, format_duration
 from tests.test_export import write_run
 
 LINE = re.compile(r"^(?P<label>.+) (?P<done>\d+)/(?P<total>\d+) images, (?P<rate>\d+) img/s, (?P<tail>.+)$")
@@ -90,3 +90,46 @@ def test_the_evaluation_command_prints_progress_while_it_embeds(
         ("features backbone test:", "20", "20"),
     ]
     assert progress[-1]["tail"].startswith("done in ")
+
+
+def test_a_local_relay_prints_lines_and_gives_the_hooks_verdict_after_each_epoch(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    seen: list[dict[str, float]] = []
+
+    def hook(metrics: dict[str, float]) -> bool:
+        seen.append(metrics)
+        return metrics["epoch"] < 2
+
+    relay = ProgressRelay(on_epoch=hook, local=True)
+    worker = ProgressReporter(relay.handle)
+    worker.say("epoch 1/3 loss 1.0")
+    worker.epoch(1, {"epoch": 1.0, "train/loss": 1.0})
+    assert worker.verdict(1) is True
+    worker.epoch(2, {"epoch": 2.0, "train/loss": 0.5})
+    assert worker.verdict(2) is False
+    assert relay.ended_early(2) and not relay.ended_early(1)
+    assert not relay.stop_requested()  # nobody asked the run to stop: an end here is an interrupt
+    relay.close()
+    assert seen == [{"epoch": 1.0, "train/loss": 1.0}, {"epoch": 2.0, "train/loss": 0.5}]
+    assert "epoch 1/3 loss 1.0" in capsys.readouterr().out
+
+
+def test_a_failing_epoch_hook_ends_the_run_at_that_epoch_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    def hook(metrics: dict[str, float]) -> bool:
+        raise RuntimeError("tune is gone")
+
+    relay = ProgressRelay(on_epoch=hook, local=True)
+    worker = ProgressReporter(relay.handle)
+    worker.epoch(1, {"epoch": 1.0})
+    assert worker.verdict(1) is False
+    relay.close()
+    assert "the epoch hook failed (tune is gone); the run ends after epoch 1" in capsys.readouterr().out
+
+
+def test_a_worker_without_a_relay_prints_and_always_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
+    worker = ProgressReporter(None)
+    worker.say("a line")
+    worker.epoch(1, {"epoch": 1.0})
+    assert worker.verdict(1) is True
+    assert capsys.readouterr().out == "a line\n"

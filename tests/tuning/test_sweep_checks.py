@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -82,3 +83,29 @@ def test_a_sweep_whose_tuner_crashes_ends_its_parent_failed_with_the_reason(
     parent = report.find_parent(mlflow_uri, "checks")
     assert parent.info.status == "FAILED"
     assert parent.data.tags[names.ERROR_TAG] == "Tune failed: OSError: disk full"
+
+
+def test_asha_lets_a_trial_that_reaches_the_last_epoch_finish_and_stops_a_weak_one_at_a_rung(tmp_path: Path) -> None:
+    from ray.tune.schedulers import TrialScheduler
+
+    path = tmp_path / "asha.yaml"
+    grid = {
+        "name": "asha",
+        "metric": "knn/top1",
+        "search": "asha",
+        "asha": {"grace_period": 1, "reduction_factor": 2},
+        "full": {
+            "base": "quickstart.yaml",
+            "set": {**TINY, "train.epochs": 3},
+            "axes": {"method.temperature": [0.1, 0.2]},
+        },
+    }
+    path.write_text(yaml.safe_dump(grid))
+    scheduler = sweep.asha_scheduler(load_grid(str(path)))
+    strong, weak = SimpleNamespace(trial_id="strong"), SimpleNamespace(trial_id="weak")
+    for trial in (strong, weak):
+        scheduler.on_trial_add(None, trial)
+    for epoch in (1, 2, 3):
+        # At its last epoch a trial goes on to its evaluation and final figures: a stop there would kill that.
+        assert scheduler.on_trial_result(None, strong, {"epoch": epoch, "knn/top1": 50.0}) == TrialScheduler.CONTINUE
+    assert scheduler.on_trial_result(None, weak, {"epoch": 1, "knn/top1": 10.0}) == TrialScheduler.STOP

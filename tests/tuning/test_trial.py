@@ -1,0 +1,96 @@
+"""A sweep trial's protocol without Ray: the run hands Tune one epoch at a time and goes on only when asked."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.config import ExperimentConfig
+from pipeline.record import names, store
+from pipeline.runtime.launch import RunInterrupted
+from tests.support.configs import tiny_config
+from tuning.trial import EPOCH_KEY, FINISHED_KEY, TrialStream
+
+EPOCHS = 3
+
+
+class FakeRun:
+    """Stands in for ``pretrain``: trains ``EPOCHS`` epochs, asking its hook after each whether to go on."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.trained: list[int] = []
+        self.fail_at = fail_at
+        self.verdicts: list[bool] = []
+
+    def __call__(self, config: ExperimentConfig, on_epoch: Any) -> Any:
+        for epoch in range(1, EPOCHS + 1):
+            if epoch == self.fail_at:
+                raise ValueError("loss is nan")
+            self.trained.append(epoch)
+            go_on = on_epoch({"epoch": epoch, "train/loss": 1.0 / epoch, "note": "not a number"})
+            self.verdicts.append(go_on)
+            if not go_on and epoch < EPOCHS:
+                raise RunInterrupted("fake", Path("."), epoch, EPOCHS, "run-id")
+        return SimpleNamespace(metrics={"knn/top1": 42.0}, evaluation={"backbone": {"top1": 50.0}})
+
+
+def settle() -> None:
+    """Give the run's thread time to do anything it (wrongly) would without an answer."""
+    time.sleep(0.2)
+
+
+def test_each_epoch_is_handed_out_and_the_run_waits_for_the_next_request(tmp_path: Path, mlflow_uri: str) -> None:
+    run = FakeRun()
+    stream = TrialStream(tiny_config(tmp_path, mlflow_uri), run)
+    first = stream.next_result()
+    assert first == {"epoch": 1.0, "train/loss": 1.0}
+    settle()
+    assert run.trained == [1]  # parked at the boundary until Tune asks for the next result
+    assert stream.next_result()[EPOCH_KEY] == 2.0
+    assert stream.next_result()[EPOCH_KEY] == 3.0
+    final = stream.next_result()
+    assert final["done"] is True and final[FINISHED_KEY] == 1.0 and final["knn/top1"] == 42.0
+    assert final["eval/features/backbone/top1"] == 50.0 and final[EPOCH_KEY] == 2.0  # tiny config: 2 epochs
+    stream.close()
+    assert run.trained == [1, 2, 3] and run.verdicts == [True, True, True]
+    assert not stream.thread.is_alive()
+
+
+def test_closing_after_an_epoch_ends_the_run_at_that_epoch(tmp_path: Path, mlflow_uri: str) -> None:
+    run = FakeRun()
+    stream = TrialStream(tiny_config(tmp_path, mlflow_uri), run)
+    assert stream.next_result()[EPOCH_KEY] == 1.0
+    stream.close()
+    assert run.trained == [1] and run.verdicts == [False]
+    assert not stream.thread.is_alive()
+
+
+def test_closing_before_the_first_epoch_ends_the_run_at_its_first_boundary(tmp_path: Path, mlflow_uri: str) -> None:
+    run = FakeRun()
+    stream = TrialStream(tiny_config(tmp_path, mlflow_uri), run)
+    closer = threading.Thread(target=stream.close)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive() and run.trained == [1] and run.verdicts == [False]
+
+
+def test_a_failing_run_raises_its_error_to_tune_and_records_it(tmp_path: Path, mlflow_uri: str) -> None:
+    client = MlflowClient(mlflow_uri)
+    experiment = store.experiment_id(mlflow_uri, "contrastive")
+    parent = client.create_run(experiment, run_name="sweep").info.run_id
+    config = tiny_config(
+        tmp_path, mlflow_uri, **{"tracking.parent_run_id": parent, "tracking.tags": {"trial": "grid-000"}}
+    )
+    stream = TrialStream(config, FakeRun(fail_at=2))
+    assert stream.next_result()[EPOCH_KEY] == 1.0
+    with pytest.raises(ValueError, match="loss is nan"):
+        stream.next_result()
+    stream.close()
+    (recorded,) = client.search_runs([experiment], filter_string="tags.trial = 'grid-000'")
+    assert recorded.data.tags[names.ERROR_TAG] == "loss is nan"
