@@ -63,11 +63,12 @@ def test_short_resources_record_nothing_and_a_finished_run_is_never_failed(tmp_p
     assert len(runs_in(mlflow_uri)) == 1
 
 
-def test_batch_larger_than_the_data_set_fails_before_anything(tmp_path: Path, mlflow_uri: str) -> None:
-    config = tiny_config(tmp_path, mlflow_uri, **{"data.synthetic.num_train": 16, "train.batch_size": 32})
+def test_batch_larger_than_the_data_set_fails_before_anything(tmp_path: Path) -> None:
+    store = tmp_path / "mlflow.db"
+    config = tiny_config(tmp_path, f"sqlite:///{store}", **{"data.synthetic.num_train": 16, "train.batch_size": 32})
     with pytest.raises(DataError, match=r"train.batch_size = 32 needs 16 images per worker.*16 images for 2 worker"):
         pretrain(config)
-    assert not (tmp_path / "runs").exists() and not Path(mlflow_uri.removeprefix("sqlite:///")).exists()
+    assert not (tmp_path / "runs").exists() and not store.exists()
 
 
 @pytest.mark.parametrize("uri", ["sqlite:////proc/nope/mlflow.db"])
