@@ -204,6 +204,8 @@ def experiment_config(case: Case, args: argparse.Namespace) -> ExperimentConfig:
         overrides["train.amp"] = args.amp
     if case.queue_size is not None:
         overrides["method.queue_size"] = case.queue_size
+    if args.local_crops is not None:
+        overrides["method.local_crops"] = yaml.safe_load(args.local_crops)
     method_name, method_overrides = parse_method(case.method)
     return with_overrides(load_config(None, [f"method.name={method_name}"]), {**overrides, **method_overrides})
 
@@ -302,6 +304,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64, help="ResNet-18 width (64: the standard network)")
     parser.add_argument("--backbone", default="resnet18", help="model.backbone, e.g. timm:vit_tiny_patch16_224")
     parser.add_argument("--timm-kwargs", default=None, help="model.timm_kwargs as YAML, e.g. '{patch_size: 4}'")
+    parser.add_argument(
+        "--local-crops",
+        default=None,
+        help="method.local_crops as YAML for multi-crop, e.g. '[{size: 16, scale: [0.05, 0.4], count: 2}]'",
+    )
     parser.add_argument("--batch-norm", default="plain", help="model.batch_norm (default plain; 'run' keeps auto)")
     parser.add_argument("--bn-splits", type=int, default=None, help="model.bn_splits (split batch norm)")
     parser.add_argument("--steps", type=int, default=3)

@@ -450,7 +450,7 @@ class BatchedView:
     """A plain recipe on a batch: normalised float32 ``[B, 3, S, S]``."""
 
     def __init__(self, recipe: ViewRecipe, data_cfg: DataConfig) -> None:
-        self.steps = BatchedSteps(recipe.steps, data_cfg.image_size, data_cfg)
+        self.steps = BatchedSteps(recipe.steps, recipe.side(data_cfg.image_size), data_cfg)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """Return the view of every image of the float batch ``images`` in [0, 1]."""

@@ -160,17 +160,29 @@ def grid_patch_size(image_size: int, grid: int) -> int:
 
 @dataclass(frozen=True)
 class ViewRecipe:
-    """One view: its ordered steps and, optionally, patches cut after its geometry steps or a patch grid."""
+    """One view: its ordered steps, optionally patches cut after its geometry steps or a patch grid, and its side.
+
+    ``size`` is the side of the view in pixels (None: ``data.image_size``): a multi-crop's local crops are
+    smaller views of the same image. Views with patches or a patch grid keep the image size.
+    """
 
     steps: tuple[Step, ...]
     patches: Patches | None = None
     grid: PatchGrid | None = None
+    size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.steps:
             raise ValueError("a view recipe needs at least one step")
         if self.patches is not None and self.grid is not None:
             raise ValueError("a view recipe has either patches or a patch grid, not both")
+        if self.size is not None:
+            if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1:
+                raise ValueError(f"view size must be a positive integer or None, got {self.size!r}")
+            if self.patches is not None or self.grid is not None:
+                raise ValueError("a view with patches or a patch grid keeps the image size (size None)")
+            if not any(isinstance(step, RandomResizedCrop | ResizeCenterCrop) for step in self.steps):
+                raise ValueError("a view with its own size needs a resizing step (a resized crop or the eval resize)")
         if self.patches is not None:
             kinds = [isinstance(step, GEOMETRY_STEPS) for step in self.steps]
             first_colour = kinds.index(False) if False in kinds else len(kinds)
@@ -191,6 +203,10 @@ class ViewRecipe:
     def colour(self) -> tuple[Step, ...]:
         """Return the steps after the leading geometry steps."""
         return self.steps[len(self.geometry) :]
+
+    def side(self, image_size: int) -> int:
+        """Return the view's side in pixels for a run whose ``data.image_size`` is ``image_size``."""
+        return self.size if self.size is not None else image_size
 
 
 EVAL_VIEW = ViewRecipe((ResizeCenterCrop(),))

@@ -206,7 +206,8 @@ def build_view(recipe: ViewRecipe, data_cfg: DataConfig) -> View:
         return PatchView(recipe, data_cfg)
     if recipe.grid is not None:
         return PatchGridView(recipe, data_cfg)
-    return v2.Compose([*_compose(recipe.steps, data_cfg.image_size, blur_enabled(data_cfg)), *_to_tensor(data_cfg)])
+    side = recipe.side(data_cfg.image_size)
+    return v2.Compose([*_compose(recipe.steps, side, blur_enabled(data_cfg)), *_to_tensor(data_cfg)])
 
 
 class MultiView:

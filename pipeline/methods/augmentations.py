@@ -8,6 +8,10 @@ docs/methods.md.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
 from pipeline.data.recipes import (
     ColorJitter,
     GaussianBlur,
@@ -18,6 +22,9 @@ from pipeline.data.recipes import (
     RandomResizedCrop,
     ViewRecipe,
 )
+
+if TYPE_CHECKING:
+    from pipeline.methods.moco.params import LocalCrop
 
 CROP = RandomResizedCrop(scale=(0.2, 1.0))
 JITTER = ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
@@ -40,3 +47,22 @@ def pbsd_query(count: int = 5, scale: tuple[float, float] = (0.05, 0.6), size: i
 def cpc_view(grid: PatchGrid) -> ViewRecipe:
     """Return CPC v2's view: a crop and flip of the image, cut into ``grid``'s patches, each augmented on its own."""
     return ViewRecipe((CROP, HorizontalFlip()), grid=grid)
+
+
+def local_views(base: ViewRecipe, crops: Sequence[LocalCrop]) -> dict[str, ViewRecipe]:
+    """Return multi-crop's local views ``local_0``, ``local_1``, ...: ``base`` with each group's crop, at its side.
+
+    ``base``'s resized crop is replaced by one of the group's scale (aspect ratios unchanged); every
+    other step is kept, in order, as HCSC's official multi-crop does with MoCo v2's recipe.
+    """
+    if not any(isinstance(step, RandomResizedCrop) for step in base.steps):
+        raise ValueError("local crops replace the view's resized crop, and this recipe has none")
+    views: dict[str, ViewRecipe] = {}
+    for group in crops:
+        steps = tuple(
+            replace(step, scale=tuple(group.scale)) if isinstance(step, RandomResizedCrop) else step
+            for step in base.steps
+        )
+        for _ in range(group.count):
+            views[f"local_{len(views)}"] = replace(base, steps=steps, size=group.size)
+    return views

@@ -40,6 +40,8 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
     # What the method reads from the backbone besides pooled features, if anything: a timm backbone gives
     # pooled features only, so such a method needs a built-in ResNet.
     reads_feature_maps: ClassVar[str | None] = None
+    # Whether ``forward`` uses multi-crop's local views (``method.local_crops``) when the parameters declare some.
+    takes_local_crops: ClassVar[bool] = False
     params: ParamsT
 
     def __init__(self, context: MethodContext) -> None:
@@ -65,6 +67,8 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
         """Raise ValueError naming the key if ``config`` cannot run with this method on ``world_size`` workers."""
+        if getattr(config.method, "local_crops", None) and not cls.takes_local_crops:
+            raise ValueError(f"method.local_crops: {cls.name} does not use local crops (multi-crop: moco, hcsc)")
         batch_norm = cls.batch_norm(config, world_size)
         if config.model.uses_timm:
             if cls.reads_feature_maps is not None:

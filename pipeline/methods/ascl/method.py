@@ -77,6 +77,8 @@ class Ascl(MoCo):
     """ASCL on MoCo v2: strong query, weak key; soft targets over ``[own key, queue]`` (modes hard, ahcl, ascl)."""
 
     random_queue_labels = False
+    # Its soft targets are defined for the query alone: the common multi-crop form is not built for it yet.
+    takes_local_crops = False
 
     @classmethod
     def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:

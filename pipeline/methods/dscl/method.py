@@ -57,6 +57,8 @@ class Scl(MoCo):
     reads_feature_maps = "pools its queries from the last feature map, where PBSD cuts its RoI features"
 
     uses_labels = True
+    # Its positives are built for the query alone: the common multi-crop form is not built for it yet.
+    takes_local_crops = False
     params: SclConfig
 
     @classmethod

@@ -229,19 +229,34 @@ class Hcsc(MoCo):
             return super().forward(batch, step)
         query = F.normalize(self.online(batch.views["query"]), dim=1)
         key = self.encode_keys(batch.views["key"], step)
+        locals_ = self.local_queries(batch)
         self.stage_enqueue(key, batch.labels)
         # Softmaxes over thousands of prototypes and queue entries run in float32 outside autocast.
         with torch.autocast(query.device.type, enabled=False):
             queue = full_precision(self.queue.embeddings)
-            return self.selective_losses(full_precision(query), full_precision(key), queue, batch.indices)
+            return self.selective_losses(
+                full_precision(query),
+                full_precision(key),
+                queue,
+                batch.indices,
+                [full_precision(view) for view in locals_],
+            )
 
     def selective_losses(
-        self, query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, indices: torch.Tensor
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        queue: torch.Tensor,
+        indices: torch.Tensor,
+        locals_: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Return ``loss`` = ICSC (summed over levels) + PCSC (mean over levels), the two terms and kept fractions.
 
-        ``pcsc_kept`` is the fraction of negative prototypes kept over the levels below the top (1 when the
-        batch's clusters leave no negative to select from).
+        With local crops (``locals_``, each ``[B, D]``), as the official multi-crop: each local view adds its
+        own ICSC against the same key and queue (with the query's selected negatives when
+        ``selection_on_local``) and its own PCSC (its own selection draws), all summed into ``loss``.
+        ``pcsc_kept`` is the fraction of the query's negative prototypes kept over the levels below the top
+        (1 when the batch's clusters leave no negative to select from).
         """
         params, prototypes = self.params, self.prototypes
         assert prototypes is not None
@@ -257,11 +272,37 @@ class Hcsc(MoCo):
             ]
             losses["icsc_kept"] = torch.stack([mask.mean() for mask in masks]).mean()
         instance = icsc(query, key, queue, masks, params.temperature)
-        level_losses: list[torch.Tensor] = []
-        kept, candidates = query.new_zeros(()), 0
         # The negative prototypes are those no image of the batch has as its positive: the global batch's
         # clusters (gathered) unless contrast_scope is worker.
         batch_clusters = clusters if params.contrast_scope == "worker" else [concat_all_gather(c) for c in clusters]
+        prototype, kept, candidates = self.prototype_loss(query, clusters, batch_clusters)
+        loss = instance + prototype
+        if locals_:
+            local_masks = masks if params.selection_on_local else None
+            local_instance = torch.stack([icsc(view, key, queue, local_masks, params.temperature) for view in locals_])
+            local_prototype = torch.stack([self.prototype_loss(view, clusters, batch_clusters)[0] for view in locals_])
+            losses.update(
+                local_instance_loss=local_instance.sum().detach(), local_prototype_loss=local_prototype.sum().detach()
+            )
+            loss = loss + local_instance.sum() + local_prototype.sum()
+        if params.prototype_selection and prototypes.num_levels > 1:
+            # Every rank logs the same keys every step; a batch whose clusters cover a level leaves no candidate.
+            losses["pcsc_kept"] = kept / candidates if candidates else query.new_ones(())
+        losses.update(loss=loss, instance_loss=instance.detach(), prototype_loss=prototype.detach())
+        return losses
+
+    def prototype_loss(
+        self, query: torch.Tensor, clusters: list[torch.Tensor], batch_clusters: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Return PCSC of ``query`` ``[B, D]`` averaged over levels, and the negative prototypes kept of the candidates.
+
+        ``clusters`` are the batch's clusters per level ``[B]``; ``batch_clusters`` those whose prototypes are
+        positives somewhere in the batch (the global batch's unless ``contrast_scope`` is worker).
+        """
+        params, prototypes = self.params, self.prototypes
+        assert prototypes is not None
+        level_losses: list[torch.Tensor] = []
+        kept, candidates = query.new_zeros(()), 0
         for level in range(prototypes.num_levels):  # a handful of levels, never a loop over samples
             negatives = pcsc_negative_ids(batch_clusters[level], prototypes.centroids[level].shape[0])
             mask = None
@@ -281,9 +322,4 @@ class Hcsc(MoCo):
                     mask,
                 )
             )
-        prototype = torch.stack(level_losses).mean()
-        if params.prototype_selection and prototypes.num_levels > 1:
-            # Every rank logs the same keys every step; a batch whose clusters cover a level leaves no candidate.
-            losses["pcsc_kept"] = kept / candidates if candidates else query.new_ones(())
-        losses.update(loss=instance + prototype, instance_loss=instance.detach(), prototype_loss=prototype.detach())
-        return losses
+        return torch.stack(level_losses).mean(), kept, candidates

@@ -47,6 +47,8 @@ class HcscConfig(MocoConfig):
     # global: PCSC's negative prototypes are those no image of the global batch has as its positive;
     # worker: of the worker's own batch, as the official DDP code does.
     contrast_scope: Literal["global", "worker"] = "global"
+    # With local crops: each local view's instance loss uses the query's selected negatives (official: on).
+    selection_on_local: bool = True
     clustering: ClusteringConfig = ClusteringConfig()
 
     @field_validator("hierarchy")

@@ -11,7 +11,7 @@ from torch import nn
 from pipeline.config import ExperimentConfig
 from pipeline.data.recipes import ViewRecipe
 from pipeline.losses import contrast_accuracy, contrast_logits, own_key_cross_entropy
-from pipeline.methods.augmentations import MOCO_V2
+from pipeline.methods.augmentations import MOCO_V2, local_views
 from pipeline.methods.base import Method
 from pipeline.methods.common import (
     build_encoder,
@@ -32,6 +32,7 @@ class MoCo(Method[MocoConfig]):
     """MoCo v2 with enqueue-after-loss, all-gathered keys and shuffle-BN or split-BN."""
 
     has_momentum_encoder = True
+    takes_local_crops = True
     # Random labels for the queue's initial random keys; False starts them at -1 (unknown).
     random_queue_labels: ClassVar[bool] = True
 
@@ -46,8 +47,16 @@ class MoCo(Method[MocoConfig]):
 
     @classmethod
     def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
-        """Return MoCo v2's two views: ``query`` and ``key``, both the strong recipe."""
-        return {"query": MOCO_V2, "key": MOCO_V2}
+        """Return MoCo v2's two views, ``query`` and ``key`` (the strong recipe), and any local crops ``local_i``."""
+        return {"query": MOCO_V2, "key": MOCO_V2, **local_views(MOCO_V2, config.method.local_crops)}
+
+    def local_queries(self, batch: Batch) -> list[torch.Tensor]:
+        """Return the online encoder's normalised embeddings of the local crops ``# each [B, D]`` (none without)."""
+        # One forward per crop: crops of different sides cannot share a batch.
+        return [
+            F.normalize(self.online(batch.views[f"local_{index}"]), dim=1)
+            for index in range(self.params.num_local_crops)
+        ]
 
     @classmethod
     def validate(cls, config: ExperimentConfig, world_size: int) -> None:
@@ -89,7 +98,19 @@ class MoCo(Method[MocoConfig]):
         logits = contrast_logits(query, key.to(query.dtype), queue, self.params.temperature)
         loss = own_key_cross_entropy(logits)
         self.stage_enqueue(key, batch.labels)
-        return {"loss": loss, "info_nce": loss.detach(), "contrast_acc": contrast_accuracy(logits.detach())}
+        losses = {"info_nce": loss.detach(), "contrast_acc": contrast_accuracy(logits.detach())}
+        locals_ = self.local_queries(batch)
+        if locals_:
+            # Multi-crop: every local crop is one more query of the same key and queue; the terms are summed.
+            local = torch.stack(
+                [
+                    own_key_cross_entropy(contrast_logits(view, key.to(view.dtype), queue, self.params.temperature))
+                    for view in locals_
+                ]
+            ).sum()
+            losses["local_info_nce"] = local.detach()
+            loss = loss + local
+        return {"loss": loss, **losses}
 
     def on_step_end(self) -> None:
         """Enqueue the keys of the step just optimised (never negatives of their own step)."""
