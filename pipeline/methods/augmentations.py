@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+
+from pydantic import Field, field_validator
 
 from pipeline.data.recipes import (
     ColorJitter,
@@ -22,9 +23,7 @@ from pipeline.data.recipes import (
     RandomResizedCrop,
     ViewRecipe,
 )
-
-if TYPE_CHECKING:
-    from pipeline.methods.moco.params import LocalCrop
+from pipeline.section import Section, ordered_fraction
 
 CROP = RandomResizedCrop(scale=(0.2, 1.0))
 JITTER = ColorJitter(0.4, 0.4, 0.4, 0.1, p=0.8)
@@ -47,6 +46,30 @@ def pbsd_query(count: int = 5, scale: tuple[float, float] = (0.05, 0.6), size: i
 def cpc_view(grid: PatchGrid) -> ViewRecipe:
     """Return CPC v2's view: a crop and flip of the image, cut into ``grid``'s patches, each augmented on its own."""
     return ViewRecipe((CROP, HorizontalFlip()), grid=grid)
+
+
+class LocalCrop(Section):
+    """One group of multi-crop's local views: ``count`` crops of area fraction in ``scale``, resized to ``size`` px."""
+
+    size: int = Field(ge=8)
+    scale: tuple[float, float]
+    count: int = Field(1, ge=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return ordered_fraction(value)
+
+
+class MultiCropParams(Section):
+    """The ``local_crops`` parameter of methods whose class takes local views (none by default)."""
+
+    local_crops: list[LocalCrop] = Field(default_factory=list)
+
+    @property
+    def num_local_crops(self) -> int:
+        """Return how many local views each image gets."""
+        return sum(group.count for group in self.local_crops)
 
 
 def local_views(base: ViewRecipe, crops: Sequence[LocalCrop]) -> dict[str, ViewRecipe]:

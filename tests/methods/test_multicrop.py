@@ -12,11 +12,10 @@ from pipeline.config import ConfigError, load_config, with_overrides
 from pipeline.data.batched_views import BatchedView
 from pipeline.data.recipes import Patches, RandomResizedCrop, ViewRecipe
 from pipeline.data.views import build_view
-from pipeline.losses import icsc, icsc_selection_probs, info_nce, pcsc, pcsc_negative_ids
+from pipeline.losses import icsc, icsc_selection_probs, info_nce, pcsc, pcsc_negative_ids, supcon
 from pipeline.methods import Batch, StepInfo
-from pipeline.methods.augmentations import MOCO_V2, local_views
+from pipeline.methods.augmentations import MOCO_V2, LocalCrop, local_views
 from pipeline.methods.hcsc.method import Prototypes
-from pipeline.methods.moco.params import LocalCrop
 from pipeline.runtime.launch import validate
 from tests.methods.test_hcsc import BATCH, hand_made_hierarchy
 from tests.methods.test_hcsc import make as make_hcsc
@@ -173,3 +172,31 @@ def test_hcsc_local_crops_use_the_querys_selected_negatives_when_selection_on_lo
             for index in range(3)
         )
     assert losses["local_instance_loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["supcon", "simclr"])
+def test_supcon_and_simclr_contrast_every_local_crop_as_one_more_view(name: str) -> None:
+    method = make_method(
+        name, num_classes=5, batch_size=8, **{"model.batch_norm": "plain", "method.local_crops": TWO_SMALL}
+    )
+    views = method.views(method.context.config)
+    assert list(views) == ["view1", "view2", "local_0", "local_1", "local_2"]
+    batch = local_batch(views)
+    batch.labels = torch.arange(8) % 3
+    method.eval()
+    with torch.no_grad():
+        losses = method(batch, StepInfo(0, 0, 10))
+        pair = F.normalize(method.encoder(torch.cat([batch.views["view1"], batch.views["view2"]])), dim=1)
+        local = [F.normalize(method.encoder(batch.views[f"local_{index}"]), dim=1) for index in range(3)]
+        features = torch.stack([pair[:8], pair[8:], *local], dim=1)
+        labels = batch.labels if name == "supcon" else None
+        expected = supcon(features, labels, method.params.temperature, method.params.base_temperature)
+    assert features.shape == (8, 5, 128)
+    torch.testing.assert_close(losses["loss"], expected)
+
+
+@pytest.mark.parametrize("name", ["supcon_s", "selfcon", "scl"])
+def test_single_view_and_queue_methods_refuse_local_crops(name: str) -> None:
+    config = with_overrides(load_config(None, [f"method.name={name}"]), {"method.local_crops": TWO_SMALL})
+    with pytest.raises(ConfigError, match=f"method.local_crops: {name} does not use local crops"):
+        validate(config)

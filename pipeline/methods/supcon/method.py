@@ -13,7 +13,7 @@ from torch import nn
 from pipeline.config import ExperimentConfig
 from pipeline.data.recipes import ViewRecipe
 from pipeline.losses import supcon
-from pipeline.methods.augmentations import SUPCON
+from pipeline.methods.augmentations import SUPCON, local_views
 from pipeline.methods.base import Method
 from pipeline.methods.common import build_encoder, global_features
 from pipeline.methods.context import Batch, MethodContext, StepInfo
@@ -26,6 +26,7 @@ class SupCon(Method[SupConConfig | SimCLRConfig | SupConSConfig]):
     """Supervised contrastive learning over two views of each image."""
 
     uses_labels = True
+    takes_local_crops = True
 
     def __init__(self, context: MethodContext) -> None:
         super().__init__(context)
@@ -33,20 +34,26 @@ class SupCon(Method[SupConConfig | SimCLRConfig | SupConSConfig]):
 
     @classmethod
     def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
-        """Return two SupCon views: ``view1`` and ``view2``."""
-        return {"view1": SUPCON, "view2": SUPCON}
+        """Return two SupCon views, ``view1`` and ``view2``, and any local crops ``local_i``."""
+        return {"view1": SUPCON, "view2": SUPCON, **local_views(SUPCON, config.method.local_crops)}
 
     def evaluation_networks(self) -> dict[str, nn.Module]:
         """Return the backbone."""
         return {"backbone": self.encoder.backbone}
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
-        """Return the SupCon loss over the two views of the global batch ``# features [W*B, 2, D]``."""
+        """Return the SupCon loss over every view of the global batch ``# features [W*B, 2 + local crops, D]``.
+
+        Local crops (multi-crop's common form) are more views of each image: anchors and positives like the two.
+        """
         views = batch.views
         embeddings = F.normalize(self.encoder(torch.cat([views["view1"], views["view2"]])), dim=1)
-        features, labels = global_features(
-            embeddings.view(2, batch.size, -1).transpose(0, 1), batch.labels if self.uses_labels else None
-        )
+        per_view = [*embeddings.view(2, batch.size, -1)]
+        # One pass per local crop: crops of other sides cannot share the two views' batch.
+        per_view += [
+            F.normalize(self.encoder(views[f"local_{index}"]), dim=1) for index in range(self.params.num_local_crops)
+        ]
+        features, labels = global_features(torch.stack(per_view, dim=1), batch.labels if self.uses_labels else None)
         loss = supcon(
             features,
             labels,
@@ -66,6 +73,8 @@ class SimCLR(SupCon):
 @register_method(SupConSConfig)
 class SupConS(SupCon):
     """SupCon-S (SelfCon's baseline): one augmented view; anchors whose class has no other image are dropped."""
+
+    takes_local_crops = False  # a single view by design
 
     @classmethod
     def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:

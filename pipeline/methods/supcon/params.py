@@ -6,12 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
+from pipeline.methods.augmentations import MultiCropParams
 from pipeline.methods.registry import MethodConfig, register_params
 
 
 @register_params
-class SupConConfig(MethodConfig):
-    """SupCon parameters (official CIFAR recipe)."""
+class SupConConfig(MethodConfig, MultiCropParams):
+    """SupCon parameters (official CIFAR recipe); ``local_crops`` adds multi-crop's local views (none)."""
 
     name: Literal["supcon"] = "supcon"
     temperature: float = Field(0.1, gt=0)
