@@ -69,7 +69,7 @@ class Method(nn.Module, ABC, Generic[ParamsT]):
         """Raise ValueError naming the key if ``config`` cannot run with this method on ``world_size`` workers."""
         if getattr(config.method, "local_crops", None) and not cls.takes_local_crops:
             raise ValueError(
-                f"method.local_crops: {cls.name} does not use local crops (multi-crop: moco, hcsc, supcon, simclr)"
+                f"method.local_crops: {cls.name} does not use local crops (used by moco, ascl, hcsc, supcon, simclr)"
             )
         batch_norm = cls.batch_norm(config, world_size)
         if config.model.uses_timm:

@@ -12,7 +12,18 @@ from pipeline.config import ConfigError, load_config, with_overrides
 from pipeline.data.batched_views import BatchedView
 from pipeline.data.recipes import Patches, RandomResizedCrop, ViewRecipe
 from pipeline.data.views import build_view
-from pipeline.losses import icsc, icsc_selection_probs, info_nce, pcsc, pcsc_negative_ids, supcon
+from pipeline.losses import (
+    contrast_logits,
+    icsc,
+    icsc_selection_probs,
+    info_nce,
+    neighbour_relations,
+    pcsc,
+    pcsc_negative_ids,
+    soft_cross_entropy,
+    soft_targets,
+    supcon,
+)
 from pipeline.methods import Batch, StepInfo
 from pipeline.methods.augmentations import MOCO_V2, LocalCrop, local_views
 from pipeline.methods.hcsc.method import Prototypes
@@ -68,8 +79,8 @@ def test_a_local_crop_is_checked_naming_its_field(crop: dict, message: str) -> N
 
 
 def test_a_method_without_local_crops_refuses_them_naming_the_key() -> None:
-    config = with_overrides(load_config(None, ["method.name=ascl"]), {"method.local_crops": TWO_SMALL})
-    with pytest.raises(ConfigError, match="method.local_crops: ascl does not use local crops"):
+    config = with_overrides(load_config(None, ["method.name=dscl"]), {"method.local_crops": TWO_SMALL})
+    with pytest.raises(ConfigError, match="method.local_crops: dscl does not use local crops"):
         validate(config)
 
 
@@ -200,3 +211,28 @@ def test_single_view_and_queue_methods_refuse_local_crops(name: str) -> None:
     config = with_overrides(load_config(None, [f"method.name={name}"]), {"method.local_crops": TWO_SMALL})
     with pytest.raises(ConfigError, match=f"method.local_crops: {name} does not use local crops"):
         validate(config)
+
+
+def test_ascl_gives_every_local_crop_the_querys_soft_targets() -> None:
+    overrides = {"method.queue_size": 16, "model.batch_norm": "plain", "method.momentum": 1.0}
+    method = make_method("ascl", num_classes=5, batch_size=8, **overrides, **{"method.local_crops": TWO_SMALL})
+    views = method.views(method.context.config)
+    assert list(views) == ["query", "key", "local_0", "local_1", "local_2"]
+    batch = local_batch(views)
+    method.eval()
+    with torch.no_grad():
+        losses = method(batch, StepInfo(0, 0, 10))
+        params, queue = method.params, method.queue.embeddings
+        key = F.normalize(method.momentum_encoder(batch.views["key"]), dim=1)
+        targets, _ = soft_targets(
+            neighbour_relations(key, queue, params.sharpen_temperature), params.mode, params.num_neighbors
+        )
+
+        def term(name: str) -> torch.Tensor:
+            embedding = F.normalize(method.online(batch.views[name]), dim=1)
+            return soft_cross_entropy(contrast_logits(embedding, key, queue, params.temperature), targets)
+
+        local = sum(term(f"local_{index}") for index in range(3))
+        expected = term("query") + local
+    torch.testing.assert_close(losses["loss"], expected)
+    torch.testing.assert_close(losses["local_soft_info_nce"], local)

@@ -24,7 +24,7 @@ from pipeline.losses import (
     soft_targets,
 )
 from pipeline.methods.ascl.params import AsclByolConfig, AsclConfig
-from pipeline.methods.augmentations import ASCL_WEAK, MOCO_V2
+from pipeline.methods.augmentations import ASCL_WEAK, MOCO_V2, local_views
 from pipeline.methods.base import Method
 from pipeline.methods.common import (
     build_encoder,
@@ -77,13 +77,12 @@ class Ascl(MoCo):
     """ASCL on MoCo v2: strong query, weak key; soft targets over ``[own key, queue]`` (modes hard, ahcl, ascl)."""
 
     random_queue_labels = False
-    # Its soft targets are defined for the query alone: the common multi-crop form is not built for it yet.
-    takes_local_crops = False
 
     @classmethod
     def views(cls, config: ExperimentConfig) -> dict[str, ViewRecipe]:
-        """Return the strong ``query`` view and the ``key`` view (weak by default)."""
-        return {"query": MOCO_V2, "key": key_recipe(config.method.key_augmentation)}
+        """Return the strong ``query`` view, the ``key`` view (weak by default) and any local crops ``local_i``."""
+        key = key_recipe(config.method.key_augmentation)
+        return {"query": MOCO_V2, "key": key, **local_views(MOCO_V2, config.method.local_crops)}
 
     def forward(self, batch: Batch, step: StepInfo) -> dict[str, torch.Tensor]:
         """Return the soft InfoNCE loss and the soft targets' statistics."""
@@ -94,18 +93,26 @@ class Ascl(MoCo):
         # Targets and the soft cross-entropy run in float32 outside autocast: the entropy of a 4096-way
         # softmax and targets of 1/(K+1) need the precision. The logits' matmul stays MoCo's.
         logits = contrast_logits(query, key.to(query.dtype), queue.to(query.dtype), params.temperature)
+        # Multi-crop: each local crop is one more query with the same soft targets (they come from the key).
+        local_logits = [
+            contrast_logits(view, key.to(view.dtype), queue.to(view.dtype), params.temperature)
+            for view in self.local_queries(batch)
+        ]
         with torch.autocast(key.device.type, enabled=False):
             relations = neighbour_relations(full_precision(key), full_precision(queue), params.sharpen_temperature)
             targets, confidence = soft_targets(relations, params.mode, params.num_neighbors)  # [B, 1+K], [B]
             loss = soft_cross_entropy(full_precision(logits), targets)
+            local = [soft_cross_entropy(full_precision(view_logits), targets) for view_logits in local_logits]
         self.stage_enqueue(key, batch.labels)
         metrics = {
-            "loss": loss,
+            "loss": loss + torch.stack(local).sum() if local else loss,
             "soft_info_nce": loss.detach(),
             "contrast_acc": contrast_accuracy(logits.detach()),
             "confidence": confidence.mean(),
             "own_key_weight": targets[:, 0].mean(),
         }
+        if local:
+            metrics["local_soft_info_nce"] = torch.stack(local).sum().detach()
         if self.context.num_classes > 1:
             count = max(params.num_neighbors, 1)
             metrics["neighbour_agreement"] = neighbour_agreement(relations, batch.labels, self.queue.labels, count)
