@@ -1,6 +1,6 @@
 """Export a run's evaluation networks as plain weights, and load them back.
 
-``python -m pipeline.export --run RUN [--epoch N] --format torchvision|state_dict --out PATH``.
+``python -m pipeline.export --run RUN [--epoch N] --format torchvision|timm|state_dict --out PATH``.
 
 RUN is a run folder or an MLflow run id, resolved as ``pipeline.evaluate`` does; the checkpoint is
 ``epoch_NNNN`` for ``--epoch N``, else the newest complete one. ``--out`` is one file (``torch.save``)
@@ -13,6 +13,9 @@ normalisation, one description per exported network) and the weights:
   ``model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)`` and
   ``model.maxpool = nn.Identity()``; ``metadata["torchvision"]["replace"]`` lists exactly these. A width
   other than 64, a layer-norm backbone or CPC's patch-grid encoder has no torchvision counterpart: refused.
+- ``timm``: ``{"metadata", "state_dict"}`` for the ``backbone`` of a run on a timm backbone only. It loads with
+  ``strict=True`` into ``timm.create_model(metadata["timm"]["model"], num_classes=0, **metadata["timm"]["kwargs"])``
+  (the kwargs include ``img_size`` where the model was built for the run's input size). Other backbones: refused.
 - ``state_dict``: ``{"metadata", "networks": {name: state dict}}`` with every evaluation network
   (SelfCon: ``backbone`` and ``exit_<stage>``, each a whole network from the image to its features).
 
@@ -53,7 +56,7 @@ from pipeline.training.checkpoints import (
     read_run_id,
 )
 
-FORMATS = ("torchvision", "state_dict")
+FORMATS = ("torchvision", "timm", "state_dict")
 # The MLflow model a finished pretraining run logs (``runs:/<run id>/backbone``).
 MODEL_NAME = "backbone"
 TORCHVISION_WIDTH = 64
@@ -190,6 +193,17 @@ def export_run(run_dir: Path, export_format: str, epoch: int | None = None) -> d
         metadata["not_exported"] = [name for name in networks if name != "backbone"]
         metadata["torchvision"] = {"model": f"resnet{network.depth}", "replace": torchvision_replacements(network)}
         return {"metadata": metadata, "state_dict": network.state_dict()}
+    if export_format == "timm":
+        spec, network = describe("backbone", networks["backbone"])
+        if not isinstance(network, TimmBackbone):
+            raise ExportError(
+                f"--format timm needs a run on a timm backbone (model.backbone: timm:<name>); run {run_dir.name} has "
+                f"a {spec['kind']} network: use --format state_dict or torchvision"
+            )
+        metadata["networks"] = {"backbone": spec}
+        metadata["not_exported"] = [name for name in networks if name != "backbone"]
+        metadata["timm"] = {"model": network.name, "kwargs": network.create_kwargs}
+        return {"metadata": metadata, "state_dict": network.model.state_dict()}
     described = {name: describe(name, network) for name, network in networks.items()}
     metadata["networks"] = {name: spec for name, (spec, _) in described.items()}
     return {"metadata": metadata, "networks": {name: module.state_dict() for name, (_, module) in described.items()}}
@@ -261,6 +275,12 @@ def rebuild(payload: dict[str, Any], network: str) -> nn.Module:
     metadata = payload["metadata"]
     if metadata["format"] == "torchvision":
         module, state = _torchvision_model(metadata), payload["state_dict"]
+    elif metadata["format"] == "timm":
+        import timm
+
+        options = metadata["timm"]
+        module = timm.create_model(options["model"], pretrained=False, num_classes=0, **options["kwargs"])
+        state = payload["state_dict"]
     else:
         model = ModelConfig.model_validate(metadata["model"])
         module = _project_network(metadata["networks"][network], model, metadata["input"]["image_size"])
@@ -301,6 +321,13 @@ def main(argv: list[str] | None = None) -> int:
         if metadata["not_exported"]:
             skipped = ", ".join(metadata["not_exported"])
             print(f"not exported: {skipped} (no torchvision model; --format state_dict exports them)")
+    elif args.export_format == "timm":
+        model, options = metadata["timm"]["model"], metadata["timm"]["kwargs"]
+        keywords = "".join(f", {key}={value!r}" for key, value in options.items())
+        print(
+            f"load: model = timm.create_model({model!r}, num_classes=0{keywords}); "
+            f"model.load_state_dict(torch.load({str(args.out)!r})['state_dict'])"
+        )
     else:
         print(f"load: pipeline.load_backbone({str(args.out)!r}, network='backbone')  # networks: {names}")
     return 0

@@ -156,6 +156,27 @@ def test_a_timm_backbone_is_refused_for_torchvision_and_its_state_dict_is_timm_s
     assert max_diff(timm_model.eval()(images(16)), expected) < TOLERANCE
 
 
+def test_the_timm_format_loads_into_timm_as_the_command_says_and_refuses_other_backbones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir, method = write_run(tmp_path, "moco", **{"method.queue_size": 64, **TIMM_VIT})
+    payload = export(run_dir, tmp_path / "vit.pt", "timm")
+    printed = capsys.readouterr().out
+    options = payload["metadata"]["timm"]
+    assert options == {"model": "vit_tiny_patch16_224", "kwargs": {**TIMM_VIT["model.timm_kwargs"], "img_size": 16}}
+    assert "load: model = timm.create_model('vit_tiny_patch16_224', num_classes=0, patch_size=8" in printed
+    timm_model = timm.create_model(options["model"], pretrained=False, num_classes=0, **options["kwargs"])
+    timm_model.load_state_dict(payload["state_dict"], strict=True)
+    expected = method.evaluation_networks()["backbone"](images(16))
+    assert max_diff(timm_model.eval()(images(16)), expected) < TOLERANCE
+    assert max_diff(pipeline.load_backbone(tmp_path / "vit.pt")(images(16)), expected) < TOLERANCE
+
+    resnet_dir, _ = write_run(tmp_path / "resnet", "moco", **{"method.queue_size": 64})
+    assert main(["--run", str(resnet_dir), "--format", "timm", "--out", str(tmp_path / "no.pt")]) == 2
+    assert "--format timm needs a run on a timm backbone" in capsys.readouterr().err
+    assert not (tmp_path / "no.pt").exists()
+
+
 def test_selfcon_torchvision_export_is_the_backbone_and_names_the_exits_left_out(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -226,13 +247,13 @@ def test_epoch_picks_that_checkpoint_and_the_default_is_the_newest(tmp_path: Pat
 def test_unknown_format_is_one_line_and_exit_2_from_the_command_line(tmp_path: Path) -> None:
     run_dir, _ = write_run(tmp_path, "supcon")
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.export", "--run", str(run_dir), "--format", "timm", "--out", "x.pt"],
+        [sys.executable, "-m", "pipeline.export", "--run", str(run_dir), "--format", "onnx", "--out", "x.pt"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == ["error: --format 'timm' is not one of torchvision, state_dict"]
+    assert done.stderr.strip().splitlines() == ["error: --format 'onnx' is not one of torchvision, timm, state_dict"]
 
 
 def another_methods_checkpoint(run_dir: Path) -> None:

@@ -147,24 +147,31 @@ class TimmBackbone(nn.Module):
             raise ValueError(f"model.backbone = '{TIMM_PREFIX}{name}': timm has no model {name!r}{hint}")
         options = dict(kwargs or {})
         try:
-            self.model = self._create(timm, name, options, image_size)
+            self.model, self.create_kwargs = self._create(timm, name, options, image_size)
         except TypeError as exc:
             raise ValueError(f"model.timm_kwargs = {options}: timm's {name} does not accept them ({exc})") from None
         self.name = name
         self.feature_dim = int(self.model.num_features)
 
     @staticmethod
-    def _create(timm: Any, name: str, options: dict[str, Any], image_size: int | None) -> nn.Module:
-        """Return timm's model for ``image_size`` px inputs where it is built for a fixed size (ViTs, Swin)."""
+    def _create(
+        timm: Any, name: str, options: dict[str, Any], image_size: int | None
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """Return timm's model for ``image_size`` px inputs where it is built for a fixed size (ViTs, Swin).
+
+        Also returns the keyword arguments it was created with (besides ``pretrained`` and ``num_classes``):
+        ``timm.create_model(name, num_classes=0, **those)`` builds the same network again (``--format timm``).
+        """
         if image_size is None or "img_size" in options:
-            return timm.create_model(name, pretrained=False, num_classes=0, **options)
+            return timm.create_model(name, pretrained=False, num_classes=0, **options), options
+        sized = {**options, "img_size": image_size}
         try:
-            return timm.create_model(name, pretrained=False, num_classes=0, img_size=image_size, **options)
+            return timm.create_model(name, pretrained=False, num_classes=0, **sized), sized
         except TypeError as exc:
             # Convolutional networks take any input size and refuse the argument.
             if "img_size" not in str(exc):
                 raise
-            return timm.create_model(name, pretrained=False, num_classes=0, **options)
+            return timm.create_model(name, pretrained=False, num_classes=0, **options), options
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the model's pooled features [B, feature_dim]."""
