@@ -8,21 +8,31 @@ from typing import Any
 
 from ray.tune import Callback
 
+from pipeline.config import TrackingConfig
+from pipeline.record.sweep import mark_stopped
 from pipeline.runtime.progress import request_stop
 from tuning.trial import EPOCH_KEY, FINISHED_KEY
 
 
 class StopRequester(Callback):
-    """Asks the run of a trial the scheduler stopped (it completed without its final figures) to stop early.
+    """Tags the run of a trial the scheduler stopped (completed without its final figures), then asks it to stop.
 
     Tune calls this before it stops the trial's actor, and only for a scheduler's decision, never while
     tearing down an interrupted sweep: the request is on the run's relay before the trial is told to end.
+    The tag is written here first, so a run Tune kills before it can end itself is still known as stopped.
     """
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        """Ask ``trial``'s run to stop early unless it reported its final figures."""
-        if not (trial.last_result or {}).get(FINISHED_KEY):
-            request_stop(_trial_name(trial))
+        """Tag ``trial``'s run ``stopped_early`` and ask it to stop, unless it reported its final figures."""
+        last = trial.last_result or {}
+        if last.get(FINISHED_KEY):
+            return
+        tracking = trial.config.get("config", {}).get("tracking", {})
+        try:
+            mark_stopped(TrackingConfig.model_validate(tracking), int(last.get(EPOCH_KEY, 0)))
+        except Exception as exc:  # noqa: BLE001 - an exception in a Tune callback would end the whole sweep
+            print(f"warning: trial {_trial_name(trial)}'s run could not be tagged stopped_early ({exc})", flush=True)
+        request_stop(_trial_name(trial))
 
 
 def _trial_name(trial: Any) -> str:

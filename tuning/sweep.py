@@ -238,6 +238,7 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
             # Tune stopped listening before the final figures: the run's own record says how it ended.
             status, stopped_early = sweep_record.child_status(plan.configs[name].tracking)
             if stopped_early:
+                sweep_record.end_stopped(plan.configs[name].tracking)
                 stopped.append(name)
             elif status == "FINISHED":
                 finished.add(name)

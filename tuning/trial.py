@@ -1,11 +1,12 @@
 """One sweep trial as Tune runs it: a whole pretraining run, steered by Tune one epoch at a time.
 
 The run hands each epoch's metrics to Tune as it finishes it and waits for Tune's word before the
-next: Tune asking for the next result means go on, Tune stopping the trial means end here. A run the
-scheduler stopped was first asked to stop (``tuning.callbacks.StopRequester``), so it ends KILLED and
-tagged ``stopped_early``; one Tune tears down without that request (an interrupted sweep) ends KILLED
-and resumes when the sweep runs again. A module of its own: Tune pickles the trainable, and the
-sweep's callbacks read the keys it reports.
+next: Tune asking for the next result means go on, Tune stopping the trial means end here. A trial the
+scheduler stopped is tagged ``stopped_early`` and its run asked to stop (``tuning.callbacks.StopRequester``),
+so the run ends KILLED at the epoch the scheduler judged. An interrupted sweep's trials are usually torn
+down mid-epoch (Tune kills a trial whose ``stop`` waits behind a running ``step``); the sweep then ends
+their runs KILLED and they resume from their checkpoints when it runs again. A module of its own: Tune
+pickles the trainable, and the sweep's callbacks read the keys it reports.
 """
 
 from __future__ import annotations
@@ -51,11 +52,21 @@ class TrialStream:
         self.results: queue.Queue[tuple[str, Any]] = queue.Queue()
         self.verdicts: queue.Queue[bool] = queue.Queue()
         self.awaiting = False  # the run waits for the verdict on the last epoch handed out
+        self.closed = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(pretrain,), name="pretrain", daemon=True)
         self.thread.start()
 
     def _on_epoch(self, metrics: dict[str, float]) -> bool:
-        """Hand one epoch's metrics out and return the verdict on going on (the run's epoch hook)."""
+        """Hand one epoch's metrics out and return the verdict on going on (the run's epoch hook).
+
+        The last epoch is not handed out: its figures come with the final result, after the evaluation, so
+        no scheduler can stop the trial between its last epoch and its evaluation (ASHA's top rung can sit
+        at the last epoch). Once closed, every epoch's verdict is end here.
+        """
+        if metrics.get(EPOCH_KEY, 0) >= self.config.train.epochs:
+            return True
+        if self.closed.is_set():
+            return False
         self.results.put(("epoch", metrics))
         return self.verdicts.get()
 
@@ -90,7 +101,9 @@ class TrialStream:
 
     def close(self) -> None:
         """Return None once the run has ended: a run waiting after an epoch (or reaching the next) ends there."""
-        # One False answers the run whether it waits now or reaches its next epoch boundary later.
+        # The False answers a hook waiting now; the event answers every later one (a worker group restarted
+        # from a checkpoint can hand over an epoch again).
+        self.closed.set()
         self.verdicts.put(False)
         self.thread.join()
 

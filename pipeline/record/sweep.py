@@ -116,6 +116,23 @@ def record_failure(tracking: TrackingConfig, error: BaseException) -> None:
     client.set_terminated(run.info.run_id, status="FAILED")
 
 
+def mark_stopped(tracking: TrackingConfig, epochs: int) -> None:
+    """Tag the trial's child run ``stopped_early`` with the epochs the scheduler judged (no run yet: nothing)."""
+    child = find_child(tracking)
+    if child is not None:
+        mlflow_client(tracking.uri).set_tag(child, STOPPED_TAG, str(epochs))
+
+
+def end_stopped(tracking: TrackingConfig) -> None:
+    """End KILLED the run of a trial the scheduler stopped that Tune tore down before it could end itself."""
+    child = find_child(tracking)
+    if child is None:
+        return
+    client = mlflow_client(tracking.uri)
+    if client.get_run(child).info.status == "RUNNING":
+        client.set_terminated(child, status="KILLED")
+
+
 def child_status(tracking: TrackingConfig) -> tuple[str | None, bool]:
     """Return the trial's child run status (None before it is opened) and whether it was stopped early."""
     child = find_child(tracking)

@@ -173,9 +173,12 @@ class ProgressReporter:
         print(line, flush=True)
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Hand epoch ``epoch``'s figures to the driver's hook (nothing without a relay)."""
+        """Hand epoch ``epoch``'s figures to the driver's hook (nothing without a relay, or once it is lost)."""
         if self.relay is not None:
-            self.call("put", EpochFigures(epoch, dict(metrics)))
+            try:
+                self.call("put", EpochFigures(epoch, dict(metrics)))
+            except Exception:  # noqa: BLE001 - a lost relay must never stop training; nobody is left to steer it
+                self.relay = None
 
     def verdict(self, epoch: int) -> bool:
         """Return the driver's verdict after ``epoch`` (True: go on), waiting for it; True without a relay."""

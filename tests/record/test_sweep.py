@@ -66,3 +66,17 @@ def test_a_trial_without_a_child_run_has_no_status(tmp_path: Path, mlflow_uri: s
     config = tiny_config(tmp_path, mlflow_uri, **{"tracking.parent_run_id": "0" * 32, "tracking.tags": {"trial": "x"}})
     assert sweep.child_status(config.tracking) == (None, False)
     assert not sweep.end_interrupted(config.tracking)
+
+
+def test_a_stopped_trial_is_tagged_by_the_sweep_and_ended_killed_if_tune_tore_it_down_running(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    config, child = trial_config(tmp_path, mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    sweep.mark_stopped(config.tracking, epochs=1)
+    assert sweep.child_status(config.tracking) == ("RUNNING", True)
+    assert not sweep.end_interrupted(config.tracking)  # stopped early, not interrupted
+    sweep.end_stopped(config.tracking)
+    run = client.get_run(child)
+    assert run.info.status == "KILLED" and run.data.tags[names.STOPPED_TAG] == "1"
+    assert names.INTERRUPTED_TAG not in run.data.tags

@@ -150,9 +150,9 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(
         "full": {
             "base": "quickstart.yaml",
             "set": tiny,
-            # T 0.01 makes InfoNCE's loss many times T 0.2's from the first epoch on. A tiny epoch takes under
-            # a second and the cut lands a few seconds after epoch 1 (the trial's run is read every 2 s):
-            # 40 epochs leave the stopped trial far from its end when it comes.
+            # T 0.01 makes InfoNCE's loss many times T 0.2's from the first epoch on. The trial waits for Tune's
+            # word after each epoch, so the cut lands right after epoch 1; 40 epochs keep the trial far from its
+            # end whatever happens.
             "zip": [{"method.temperature": [0.2, 0.01], "train.epochs": [3, 40]}],
             "resources": {"num_workers": 1, "cpus_per_worker": 1},
         },
@@ -170,6 +170,8 @@ def test_asha_stops_the_weaker_trial_at_its_first_rung(
     assert stopped.info.status == "KILLED" and stopped.data.tags["stopped_early"] == "1"
     assert "error" not in stopped.data.tags
     assert len(client.get_metric_history(stopped.info.run_id, "train/loss")) < 40
+    # Steered one epoch at a time, the stopped run trained exactly the epoch ASHA judged.
+    assert [m.step for m in client.get_metric_history(stopped.info.run_id, "train/loss")] == [0]
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     written = report.write_report(mlflow_uri, parent.info.run_id, tmp_path / "report")
     assert "| 0.01 | 40 | stopped at epoch 1 (" in written.markdown

@@ -21,11 +21,14 @@ EPOCHS = 3
 
 
 class FakeRun:
-    """Stands in for ``pretrain``: trains ``EPOCHS`` epochs, asking its hook after each whether to go on."""
+    """Stands in for ``pretrain``: trains ``EPOCHS`` epochs, asking its hook after each whether to go on.
 
-    def __init__(self, fail_at: int | None = None) -> None:
+    ``repeat`` hands that epoch to the hook a second time (a worker group restarted from its checkpoint).
+    """
+
+    def __init__(self, fail_at: int | None = None, repeat: int | None = None) -> None:
         self.trained: list[int] = []
-        self.fail_at = fail_at
+        self.fail_at, self.repeat = fail_at, repeat
         self.verdicts: list[bool] = []
 
     def __call__(self, config: ExperimentConfig, on_epoch: Any) -> Any:
@@ -33,11 +36,17 @@ class FakeRun:
             if epoch == self.fail_at:
                 raise ValueError("loss is nan")
             self.trained.append(epoch)
-            go_on = on_epoch({"epoch": epoch, "train/loss": 1.0 / epoch, "note": "not a number"})
-            self.verdicts.append(go_on)
+            for _ in range(2 if epoch == self.repeat else 1):
+                go_on = on_epoch({"epoch": epoch, "train/loss": 1.0 / epoch, "note": "not a number"})
+                self.verdicts.append(go_on)
             if not go_on and epoch < EPOCHS:
                 raise RunInterrupted("fake", Path("."), epoch, EPOCHS, "run-id")
         return SimpleNamespace(metrics={"knn/top1": 42.0}, evaluation={"backbone": {"top1": 50.0}})
+
+
+def three_epochs(tmp_path: Path, mlflow_uri: str, **overrides: object) -> ExperimentConfig:
+    """Return the tiny config trained for ``EPOCHS`` epochs."""
+    return tiny_config(tmp_path, mlflow_uri, **{"train.epochs": EPOCHS, **overrides})
 
 
 def settle() -> None:
@@ -47,16 +56,16 @@ def settle() -> None:
 
 def test_each_epoch_is_handed_out_and_the_run_waits_for_the_next_request(tmp_path: Path, mlflow_uri: str) -> None:
     run = FakeRun()
-    stream = TrialStream(tiny_config(tmp_path, mlflow_uri), run)
+    stream = TrialStream(three_epochs(tmp_path, mlflow_uri), run)
     first = stream.next_result()
     assert first == {"epoch": 1.0, "train/loss": 1.0}
     settle()
     assert run.trained == [1]  # parked at the boundary until Tune asks for the next result
     assert stream.next_result()[EPOCH_KEY] == 2.0
-    assert stream.next_result()[EPOCH_KEY] == 3.0
+    # The last epoch is not handed out on its own: its figures come with the final result, after the evaluation.
     final = stream.next_result()
     assert final["done"] is True and final[FINISHED_KEY] == 1.0 and final["knn/top1"] == 42.0
-    assert final["eval/features/backbone/top1"] == 50.0 and final[EPOCH_KEY] == 2.0  # tiny config: 2 epochs
+    assert final["eval/features/backbone/top1"] == 50.0 and final[EPOCH_KEY] == 3.0
     stream.close()
     assert run.trained == [1, 2, 3] and run.verdicts == [True, True, True]
     assert not stream.thread.is_alive()
@@ -64,7 +73,7 @@ def test_each_epoch_is_handed_out_and_the_run_waits_for_the_next_request(tmp_pat
 
 def test_closing_after_an_epoch_ends_the_run_at_that_epoch(tmp_path: Path, mlflow_uri: str) -> None:
     run = FakeRun()
-    stream = TrialStream(tiny_config(tmp_path, mlflow_uri), run)
+    stream = TrialStream(three_epochs(tmp_path, mlflow_uri), run)
     assert stream.next_result()[EPOCH_KEY] == 1.0
     stream.close()
     assert run.trained == [1] and run.verdicts == [False]
@@ -73,11 +82,24 @@ def test_closing_after_an_epoch_ends_the_run_at_that_epoch(tmp_path: Path, mlflo
 
 def test_closing_before_the_first_epoch_ends_the_run_at_its_first_boundary(tmp_path: Path, mlflow_uri: str) -> None:
     run = FakeRun()
-    stream = TrialStream(tiny_config(tmp_path, mlflow_uri), run)
+    stream = TrialStream(three_epochs(tmp_path, mlflow_uri), run)
     closer = threading.Thread(target=stream.close)
     closer.start()
     closer.join(timeout=10)
     assert not closer.is_alive() and run.trained == [1] and run.verdicts == [False]
+
+
+def test_an_epoch_handed_over_again_after_the_close_gets_end_here_without_waiting(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    run = FakeRun(repeat=1)
+    stream = TrialStream(three_epochs(tmp_path, mlflow_uri), run)
+    assert stream.next_result()[EPOCH_KEY] == 1.0
+    closer = threading.Thread(target=stream.close)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive(), "close() hung on an epoch handed over twice"
+    assert run.trained == [1] and run.verdicts == [False, False]
 
 
 def test_a_failing_run_raises_its_error_to_tune_and_records_it(tmp_path: Path, mlflow_uri: str) -> None:
