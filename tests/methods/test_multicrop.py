@@ -20,6 +20,7 @@ from pipeline.losses import (
     neighbour_relations,
     pcsc,
     pcsc_negative_ids,
+    pcsc_selection_probs,
     soft_cross_entropy,
     soft_targets,
     supcon,
@@ -236,3 +237,46 @@ def test_ascl_gives_every_local_crop_the_querys_soft_targets() -> None:
         expected = term("query") + local
     torch.testing.assert_close(losses["loss"], expected)
     torch.testing.assert_close(losses["local_soft_info_nce"], local)
+
+
+def test_hcsc_local_crops_draw_their_own_negative_prototypes_after_the_querys() -> None:
+    method = make_hcsc(**{"method.instance_selection": False, "method.local_crops": TWO_SMALL})
+    method.prototypes = Prototypes.from_hierarchy(hand_made_hierarchy(), torch.device("cpu"))
+    views = method.views(method.context.config)
+    batch = Batch(
+        {name: torch.randn(BATCH, 3, recipe.side(16), recipe.side(16)) for name, recipe in views.items()},
+        torch.zeros(BATCH, dtype=torch.long),
+        torch.arange(BATCH) * 6 + 3,
+    )
+    method.eval()
+    torch.manual_seed(11)
+    with torch.no_grad():
+        losses = method(batch, StepInfo(3, 0, 10))
+        prototypes = method.prototypes
+        clusters = [assignments[batch.indices] for assignments in prototypes.assignments]
+
+        def prototype_term(name: str) -> torch.Tensor:
+            """Return one view's PCSC, mean over levels, drawing its masks now (levels below the top)."""
+            embedding = F.normalize(method.online(batch.views[name]), dim=1)
+            levels = []
+            for level in range(3):
+                negatives = pcsc_negative_ids(clusters[level], prototypes.centroids[level].shape[0])
+                mask = None
+                if level < 2:
+                    probabilities = pcsc_selection_probs(
+                        prototypes.similarity[level],
+                        prototypes.concentration[level + 1],
+                        clusters[level + 1],
+                        negatives,
+                    )
+                    mask = torch.bernoulli(probabilities.clamp(1e-4, 0.999))
+                centroids, concentration = prototypes.centroids[level], prototypes.concentration[level]
+                levels.append(pcsc(embedding, centroids, concentration, clusters[level], negatives, mask))
+            return torch.stack(levels).mean()
+
+        # The same draws in the method's order: the query's masks, then each local view's own, view by view.
+        torch.manual_seed(11)
+        query = prototype_term("query")
+        local = [prototype_term(f"local_{index}") for index in range(3)]
+    assert losses["prototype_loss"] == pytest.approx(float(query), rel=1e-5)
+    assert losses["local_prototype_loss"] == pytest.approx(float(sum(local)), rel=1e-5)
