@@ -80,6 +80,21 @@ def frozen_losses(method: Hcsc, batch: Batch, seed: int) -> tuple[dict[str, torc
     return losses, query, key
 
 
+def replayed_icsc_masks(
+    prototypes: Prototypes, queue: torch.Tensor, clusters: list[torch.Tensor], seed: int
+) -> list[torch.Tensor]:
+    """Return the ICSC masks a step seeded with ``seed`` draws first, one per level, drawn again here."""
+    torch.manual_seed(seed)
+    return [
+        torch.bernoulli(
+            icsc_selection_probs(
+                queue, prototypes.centroids[level], prototypes.concentration[level], clusters[level]
+            ).clamp(0, 0.999)
+        )
+        for level in range(prototypes.num_levels)
+    ]
+
+
 def test_warm_up_epochs_are_moco_v2() -> None:
     method = make()
     batch = batch_for(method)
@@ -126,15 +141,7 @@ def test_selection_on_sums_masked_instance_losses_and_averages_prototype_losses(
     prototypes, queue, temperature = method.prototypes, method.queue.embeddings, method.params.temperature
     clusters = [assignments[batch.indices] for assignments in prototypes.assignments]
     # The same draws, in the method's order: one ICSC mask per level, then one PCSC mask per level below the top.
-    torch.manual_seed(5)
-    masks = [
-        torch.bernoulli(
-            icsc_selection_probs(
-                queue, prototypes.centroids[level], prototypes.concentration[level], clusters[level]
-            ).clamp(0, 0.999)
-        )
-        for level in range(3)
-    ]
+    masks = replayed_icsc_masks(prototypes, queue, clusters, seed=5)
     levels, kept = [], []
     for level in range(3):
         negatives = pcsc_negative_ids(clusters[level], prototypes.centroids[level].shape[0])

@@ -15,7 +15,6 @@ from pipeline.data.views import build_view
 from pipeline.losses import (
     contrast_logits,
     icsc,
-    icsc_selection_probs,
     info_nce,
     neighbour_relations,
     pcsc,
@@ -25,11 +24,11 @@ from pipeline.losses import (
     soft_targets,
     supcon,
 )
-from pipeline.methods import Batch, StepInfo
+from pipeline.methods import Batch, Method, StepInfo
 from pipeline.methods.augmentations import MOCO_V2, LocalCrop, local_views
-from pipeline.methods.hcsc.method import Prototypes
+from pipeline.methods.hcsc.method import Hcsc, Prototypes
 from pipeline.runtime.launch import validate
-from tests.methods.test_hcsc import BATCH, hand_made_hierarchy
+from tests.methods.test_hcsc import BATCH, hand_made_hierarchy, replayed_icsc_masks
 from tests.methods.test_hcsc import make as make_hcsc
 from tests.support.methods import make_method
 
@@ -91,12 +90,17 @@ def local_batch(views: dict) -> Batch:
     return Batch(images, torch.zeros(8, dtype=torch.long), torch.arange(8))
 
 
-def test_moco_adds_one_infonce_per_local_crop_against_the_same_key_and_queue() -> None:
+def queue_method_with_crops(name: str) -> tuple[Method, Batch]:
+    """Return a tiny queue method (plain BN, queue 16, fixed key encoder) with three local crops, and a batch."""
     overrides = {"method.queue_size": 16, "model.batch_norm": "plain", "method.momentum": 1.0}
-    method = make_method("moco", num_classes=5, batch_size=8, **overrides, **{"method.local_crops": TWO_SMALL})
+    method = make_method(name, num_classes=5, batch_size=8, **overrides, **{"method.local_crops": TWO_SMALL})
     views = method.views(method.context.config)
     assert list(views) == ["query", "key", "local_0", "local_1", "local_2"]
-    batch = local_batch(views)
+    return method, local_batch(views)
+
+
+def test_moco_adds_one_infonce_per_local_crop_against_the_same_key_and_queue() -> None:
+    method, batch = queue_method_with_crops("moco")
     key_passes: list[int] = []
     method.momentum_encoder.register_forward_hook(lambda module, inputs, output: key_passes.append(len(inputs[0])))
     method.eval()
@@ -112,16 +116,22 @@ def test_moco_adds_one_infonce_per_local_crop_against_the_same_key_and_queue() -
     torch.testing.assert_close(losses["local_info_nce"], sum(local))
 
 
-def test_hcsc_adds_each_local_crops_instance_and_prototype_losses() -> None:
-    method = make_hcsc(
-        **{"method.instance_selection": False, "method.prototype_selection": False, "method.local_crops": TWO_SMALL}
-    )
+def hcsc_with_prototypes(**overrides: object) -> tuple[Hcsc, Batch]:
+    """Return a tiny HCSC past its warm-up (hand-made 6-3-2 hierarchy) and a batch of every view it declares."""
+    method = make_hcsc(**overrides)
     method.prototypes = Prototypes.from_hierarchy(hand_made_hierarchy(), torch.device("cpu"))
     views = method.views(method.context.config)
     batch = Batch(
         {name: torch.randn(BATCH, 3, recipe.side(16), recipe.side(16)) for name, recipe in views.items()},
         torch.zeros(BATCH, dtype=torch.long),
         torch.arange(BATCH) * 6 + 3,
+    )
+    return method, batch
+
+
+def test_hcsc_adds_each_local_crops_instance_and_prototype_losses() -> None:
+    method, batch = hcsc_with_prototypes(
+        **{"method.instance_selection": False, "method.prototype_selection": False, "method.local_crops": TWO_SMALL}
     )
     method.eval()
     with torch.no_grad():
@@ -139,7 +149,7 @@ def test_hcsc_adds_each_local_crops_instance_and_prototype_losses() -> None:
                 levels.append(pcsc(embedding, centroids, concentration, positives, negatives))
             return icsc(embedding, key, queue, None, temperature), torch.stack(levels).mean()
 
-        (query_instance, query_prototype), *local = [terms(name) for name in views if name != "key"]
+        (query_instance, query_prototype), *local = [terms(name) for name in batch.views if name != "key"]
     local_instance = sum(instance for instance, _ in local)
     local_prototype = sum(prototype for _, prototype in local)
     assert len(local) == 3
@@ -152,15 +162,8 @@ def test_hcsc_adds_each_local_crops_instance_and_prototype_losses() -> None:
 
 @pytest.mark.parametrize("on_local", [True, False])
 def test_hcsc_local_crops_use_the_querys_selected_negatives_when_selection_on_local(on_local: bool) -> None:
-    method = make_hcsc(
+    method, batch = hcsc_with_prototypes(
         **{"method.prototype_selection": False, "method.local_crops": TWO_SMALL, "method.selection_on_local": on_local}
-    )
-    method.prototypes = Prototypes.from_hierarchy(hand_made_hierarchy(), torch.device("cpu"))
-    views = method.views(method.context.config)
-    batch = Batch(
-        {name: torch.randn(BATCH, 3, recipe.side(16), recipe.side(16)) for name, recipe in views.items()},
-        torch.zeros(BATCH, dtype=torch.long),
-        torch.arange(BATCH) * 6 + 3,
     )
     method.eval()
     torch.manual_seed(7)
@@ -169,15 +172,7 @@ def test_hcsc_local_crops_use_the_querys_selected_negatives_when_selection_on_lo
         key = F.normalize(method.momentum_encoder(batch.views["key"]), dim=1)
         prototypes, queue, temperature = method.prototypes, method.queue.embeddings, method.params.temperature
         clusters = [assignments[batch.indices] for assignments in prototypes.assignments]
-        torch.manual_seed(7)  # the query's ICSC draws, one mask per level, come first
-        masks = [
-            torch.bernoulli(
-                icsc_selection_probs(
-                    queue, prototypes.centroids[level], prototypes.concentration[level], clusters[level]
-                ).clamp(0, 0.999)
-            )
-            for level in range(3)
-        ]
+        masks = replayed_icsc_masks(prototypes, queue, clusters, seed=7)  # the query's ICSC draws come first
         local_masks = masks if on_local else None
         expected = sum(
             icsc(F.normalize(method.online(batch.views[f"local_{index}"]), dim=1), key, queue, local_masks, temperature)
@@ -215,11 +210,7 @@ def test_single_view_and_queue_methods_refuse_local_crops(name: str) -> None:
 
 
 def test_ascl_gives_every_local_crop_the_querys_soft_targets() -> None:
-    overrides = {"method.queue_size": 16, "model.batch_norm": "plain", "method.momentum": 1.0}
-    method = make_method("ascl", num_classes=5, batch_size=8, **overrides, **{"method.local_crops": TWO_SMALL})
-    views = method.views(method.context.config)
-    assert list(views) == ["query", "key", "local_0", "local_1", "local_2"]
-    batch = local_batch(views)
+    method, batch = queue_method_with_crops("ascl")
     method.eval()
     with torch.no_grad():
         losses = method(batch, StepInfo(0, 0, 10))
@@ -240,14 +231,7 @@ def test_ascl_gives_every_local_crop_the_querys_soft_targets() -> None:
 
 
 def test_hcsc_local_crops_draw_their_own_negative_prototypes_after_the_querys() -> None:
-    method = make_hcsc(**{"method.instance_selection": False, "method.local_crops": TWO_SMALL})
-    method.prototypes = Prototypes.from_hierarchy(hand_made_hierarchy(), torch.device("cpu"))
-    views = method.views(method.context.config)
-    batch = Batch(
-        {name: torch.randn(BATCH, 3, recipe.side(16), recipe.side(16)) for name, recipe in views.items()},
-        torch.zeros(BATCH, dtype=torch.long),
-        torch.arange(BATCH) * 6 + 3,
-    )
+    method, batch = hcsc_with_prototypes(**{"method.instance_selection": False, "method.local_crops": TWO_SMALL})
     method.eval()
     torch.manual_seed(11)
     with torch.no_grad():
