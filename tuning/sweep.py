@@ -1,13 +1,16 @@
-"""Command line: ``python -m tuning.sweep --grid FILE [--quick] [--set key=value ...] [--max-concurrent N]``.
+"""Command line: ``python -m tuning.sweep --grid FILE [--quick] [--set key=value ...] [--max-concurrent N]
+[--trials SELECTION]``.
 
 A Ray Tune grid in which each trial is one whole pretraining run (``pipeline.runtime.launch.pretrain``: its own
 TorchTrainer and workers, then the grid's evaluation). One MLflow parent run per sweep, one child run
 per trial tagged with its axis values, seed and name. Every trial is validated before anything runs.
-Run the same command again after an interrupt or a failure: finished trials are kept, the others
-resume from their checkpoints and their MLflow runs; nothing is recorded twice. A failed trial is
+Run the same command again after an interrupt or a failure: the MLflow store is the sweep's record, so trials it
+holds done are kept and the others resume from their checkpoints and their MLflow runs; nothing is recorded twice.
+``--trials 3,7-12`` runs only part of the grid. A store rebuilt on another machine from the sweep's archive
+(``python -m tuning.archive``) keeps the archived trials in the same way. A failed trial is
 reported with its error and the other trials go on. The report (``tuning.report``) is written at the
-end, and can be run any time while the sweep is in progress. Exit codes: 0 every trial finished, 1
-some failed, 130 interrupted (Ctrl+C) with trials unfinished, 2 bad input; the parent run ends
+end, and can be run any time while the sweep is in progress. Exit codes: 0 every selected trial finished,
+1 some failed, 130 interrupted (Ctrl+C) with trials unfinished, 2 bad input; the parent run ends
 FINISHED, FAILED or KILLED accordingly and is RUNNING again while a re-run resumes it. With the grid's
 ``search: asha`` ASHA judges each epoch's metric as the trial reports it (every trial hands Tune each
 epoch's figures and waits for its word) and stops the weaker ones at its rungs; a stopped trial's run
@@ -24,7 +27,7 @@ from typing import Any
 
 from pipeline.config import ConfigError, ExperimentConfig, with_overrides
 from pipeline.record import sweep as sweep_record
-from pipeline.record.names import SWEEP_TAG
+from pipeline.record.names import SWEEP_TAG, TRIAL_TAG
 from pipeline.record.store import TrackingError, reachable_store
 from tuning.grid import Grid, GridError, load_grid, parse_assignments
 from tuning.report import write_report
@@ -49,16 +52,20 @@ class SweepPlan:
 
 @dataclass(frozen=True)
 class SweepOutcome:
-    """How one run of the sweep command ended: the failed trials ``(name, error)`` and the unfinished ones."""
+    """How one run of the sweep command ended: failed trials ``(name, error)``, unfinished, stopped and pending ones.
+
+    Pending trials are those outside the command's ``--trials`` selection that are not done yet.
+    """
 
     failed: list[tuple[str, str]]
     unfinished: list[str]
     stopped: list[str]
+    pending: list[str]
 
     @property
     def status(self) -> str:
-        """Return the parent run's MLflow status: KILLED if interrupted, FAILED if a trial failed, else FINISHED."""
-        if self.unfinished:
+        """Return the parent run's MLflow status: KILLED while trials are left, FAILED if one failed, else FINISHED."""
+        if self.unfinished or self.pending:
             return "KILLED"
         return "FAILED" if self.failed else "FINISHED"
 
@@ -69,12 +76,16 @@ class SweepOutcome:
             return f"interrupted with {len(self.unfinished)} trial(s) unfinished: {', '.join(self.unfinished)}"
         if self.failed:
             return f"{len(self.failed)} trial(s) failed: {', '.join(name for name, _ in self.failed)}"
+        if self.pending:
+            return f"{len(self.pending)} trial(s) not run yet (outside --trials): {', '.join(self.pending)}"
         return None
 
     @property
     def exit_code(self) -> int:
         """Return the command's exit code: 130 if interrupted, 1 if a trial failed, else 0."""
-        return {"KILLED": 130, "FAILED": 1, "FINISHED": 0}[self.status]
+        if self.unfinished:
+            return 130
+        return 1 if self.failed else 0
 
 
 def grid_trials_record(grid: Grid) -> list[dict[str, Any]]:
@@ -172,8 +183,44 @@ def asha_scheduler(grid: Grid) -> Any:
     )
 
 
-def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]:
-    """Run (or resume) the sweep until it ends or is interrupted; return its plan and how it ended."""
+def parse_selection(text: str, grid: Grid) -> list[str]:
+    """Return the names of the grid's trials that ``text`` selects (positions like ``3,7-12``, or trial names)."""
+    by_index = {trial.index: trial.name for trial in grid.trials}
+    names = set(by_index.values())
+    chosen: list[str] = []
+    for part in (piece.strip() for piece in text.split(",")):
+        if part in names:
+            chosen.append(part)
+            continue
+        low, _, high = part.partition("-")
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            raise GridError(
+                f"--trials: {part!r} is neither a trial position (like 3 or 7-12) nor a trial name"
+            ) from None
+        outside = [index for index in range(first, last + 1) if index not in by_index]
+        if first > last or outside:
+            raise GridError(f"--trials: {part!r} is outside the grid's positions 0-{len(grid.trials) - 1}")
+        chosen.extend(by_index[index] for index in range(first, last + 1))
+    return [trial.name for trial in grid.trials if trial.name in set(chosen)]
+
+
+def kept_trials(plan: SweepPlan) -> set[str]:
+    """Return the trials whose run the sweep's store already holds done (finished, or stopped early by ASHA)."""
+    from pipeline.record.archive import done
+
+    parent = sweep_record.find_parent(plan.tracking_uri, plan.parent_run_id)
+    runs = sweep_record.child_runs(plan.tracking_uri, parent)
+    return {run.data.tags[TRIAL_TAG] for run in runs if TRIAL_TAG in run.data.tags and done(run)}
+
+
+def run_sweep(grid: Grid, max_concurrent: int, selected: list[str] | None = None) -> tuple[SweepPlan, SweepOutcome]:
+    """Run the sweep's ``selected`` trials (all by default) not yet done in its store; return its plan and outcome.
+
+    The MLflow store is the sweep's record: a trial whose run it holds done is kept, every other one runs,
+    resuming its own run from its checkpoints where it has any (an interrupted one) or starting afresh (a failed one).
+    """
     from ray import tune
 
     from pipeline.runtime.cluster import ensure_ray, storage_root
@@ -188,15 +235,20 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
     ensure_ray(reference.ray)
     concurrent = check_cluster({trial.name: trial.config for trial in grid.trials}, max_concurrent)
     plan = plan_sweep(grid, uri, Path(storage) / "sweeps" / grid.sweep_name)
-    trainable = tune.with_resources(PretrainTrial, TRIAL_DRIVER_RESOURCES)
-    if tune.Tuner.can_restore(str(plan.tune_path)):
-        print(f"resuming sweep {grid.sweep_name} from {plan.tune_path}: finished trials are kept")
-        tuner = tune.Tuner.restore(str(plan.tune_path), trainable, resume_errored=True)
-    else:
-        space = {"config": tune.grid_search([config.model_dump(mode="json") for config in plan.configs.values()])}
+    kept = kept_trials(plan)
+    wanted = [trial.name for trial in grid.trials] if selected is None else selected
+    to_run = [name for name in wanted if name not in kept]
+    if kept:
+        print(f"resuming sweep {grid.sweep_name}: {len(kept)} trial(s) already done in {uri} are kept")
+    print(
+        f"sweep {grid.sweep_name}: {len(to_run)} of {len(grid.trials)} trials to run, up to {concurrent} at once; "
+        f"MLflow parent run {plan.parent_run_id} in {plan.tracking_uri}"
+    )
+    results: list[Any] = []
+    if to_run:
         tuner = tune.Tuner(
-            trainable,
-            param_space=space,
+            tune.with_resources(PretrainTrial, TRIAL_DRIVER_RESOURCES),
+            param_space={"config": tune.grid_search([plan.configs[name].model_dump(mode="json") for name in to_run])},
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, scheduler=asha_scheduler(grid)),
             run_config=tune.RunConfig(
                 name=grid.sweep_name,
@@ -205,29 +257,25 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
                 log_to_file=True,
                 # A trial's state is its run's own checkpoints (the run resumes from them); Tune keeps none.
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-                callbacks=[TrialProgress(len(grid.trials), grid.spec.metric), StopRequester()],
+                callbacks=[TrialProgress(len(to_run), grid.spec.metric), StopRequester()],
             ),
         )
-    print(
-        f"sweep {grid.sweep_name}: {len(grid.trials)} trials, up to {concurrent} at once; "
-        f"MLflow parent run {plan.parent_run_id} in {plan.tracking_uri}"
-    )
-    # On SIGINT Tune saves its state and fit() returns: a trial that neither finished, failed nor was stopped
-    # by the scheduler is unfinished.
-    try:
-        results = tuner.fit()
-    except BaseException as exc:
-        # The parent run exists by now: however Tune itself ends, it must not stay RUNNING.
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
-        sweep_record.end_parent(
-            plan.tracking_uri,
-            plan.parent_run_id,
-            "KILLED" if interrupted else "FAILED",
-            f"{'interrupted' if interrupted else 'Tune failed'}: {detail}",
-        )
-        raise
-    failed, finished, stopped = [], set(), []
+        # On SIGINT Tune stops its trials and fit() returns: a trial that neither finished, failed nor was stopped
+        # by the scheduler is unfinished.
+        try:
+            results = list(tuner.fit())
+        except BaseException as exc:
+            # The parent run exists by now: however Tune itself ends, it must not stay RUNNING.
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            detail = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            sweep_record.end_parent(
+                plan.tracking_uri,
+                plan.parent_run_id,
+                "KILLED" if interrupted else "FAILED",
+                f"{'interrupted' if interrupted else 'Tune failed'}: {detail}",
+            )
+            raise
+    failed, finished, stopped = [], set(kept), []
     for result in results:
         name = result.config["config"]["ray"]["run_name"] if result.config else "?"
         if result.error is not None:
@@ -243,10 +291,11 @@ def run_sweep(grid: Grid, max_concurrent: int) -> tuple[SweepPlan, SweepOutcome]
             elif status == "FINISHED":
                 finished.add(name)
     done = finished | set(stopped) | {name for name, _ in failed}
-    unfinished = [trial.name for trial in grid.trials if trial.name not in done]
+    unfinished = [name for name in to_run if name not in done]
     for name in unfinished:
         sweep_record.end_interrupted(plan.configs[name].tracking)
-    return plan, SweepOutcome(failed, unfinished, stopped)
+    pending = [trial.name for trial in grid.trials if trial.name not in done and trial.name not in wanted]
+    return plan, SweepOutcome(failed, unfinished, stopped, pending)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the grid's laptop form (synthetic data, tiny budget)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override every trial")
     parser.add_argument("--max-concurrent", type=int, default=4, help="trials at once, at most [4]")
+    parser.add_argument(
+        "--trials", metavar="SELECTION", help="run only these trials: positions like 3,7-12, or trial names"
+    )
     parser.add_argument("--verbose", action="store_true", help="also show Ray's and MLflow's own messages")
     args = parser.parse_args(argv)
     from pipeline.pretrain import configure_logging
@@ -263,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose)
     try:
         grid = load_grid(args.grid, quick=args.quick, extra=parse_assignments(args.set))
+        selected = None if args.trials is None else parse_selection(args.trials, grid)
     except (GridError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -271,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.runtime.cluster import ResourceError
 
     try:
-        plan, outcome = run_sweep(grid, args.max_concurrent)
+        plan, outcome = run_sweep(grid, args.max_concurrent, selected)
     except (ConfigError, GridError, ResourceError, TrackingError, sweep_record.SweepRecordError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -291,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif outcome.failed:
         print(f"{len(outcome.failed)} of {len(grid.trials)} trials failed; run the same command again to retry them")
+    if outcome.pending:
+        print(f"{len(outcome.pending)} of {len(grid.trials)} trials not run yet: select them with --trials or drop it")
     return outcome.exit_code
 
 

@@ -13,7 +13,7 @@ from pipeline.record import names, store
 from pipeline.runtime.cluster import ResourceError
 from tests.support.configs import TINY
 from tuning import report, sweep
-from tuning.grid import load_grid
+from tuning.grid import GridError, load_grid
 
 
 def write_grid(tmp_path: Path, **fixed: object) -> Path:
@@ -109,3 +109,18 @@ def test_asha_lets_a_trial_that_reaches_the_last_epoch_finish_and_stops_a_weak_o
         # At its last epoch a trial goes on to its evaluation and final figures: a stop there would kill that.
         assert scheduler.on_trial_result(None, strong, {"epoch": epoch, "knn/top1": 50.0}) == TrialScheduler.CONTINUE
     assert scheduler.on_trial_result(None, weak, {"epoch": 1, "knn/top1": 10.0}) == TrialScheduler.STOP
+
+
+def test_trials_are_selected_by_position_range_or_name_in_grid_order_and_a_bad_selection_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = load_grid(write_grid(tmp_path))
+    assert sweep.parse_selection("1,0", grid) == ["checks-000", "checks-001"]
+    assert sweep.parse_selection("0-1", grid) == ["checks-000", "checks-001"]
+    assert sweep.parse_selection("checks-001", grid) == ["checks-001"]
+    for bad, message in [("2", "'2' is outside the grid's positions 0-1"), ("1-0", "'1-0' is outside"), ("x", "'x'")]:
+        with pytest.raises(GridError, match=message):
+            sweep.parse_selection(bad, grid)
+    # The command refuses it before anything runs: no Ray, no store.
+    assert sweep.main(["--grid", str(write_grid(tmp_path)), "--trials", "0,5"]) == 2
+    assert "--trials: '5' is outside the grid's positions 0-1" in capsys.readouterr().err

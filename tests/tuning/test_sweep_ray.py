@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 
 from tests.support.configs import TINY
-from tuning import report, sweep
+from tuning import archive, report, sweep
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -134,6 +134,20 @@ def test_quick_sweep_survives_a_failure_and_an_interrupt_resumes_and_reports(
     attached = {artifact.path for artifact in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.md", "report/report.csv", "report/learning_curves.png"} <= attached
     assert "report/all_learning_curves.png" in attached
+
+    # On another machine: a fresh store that imported the sweep's archive keeps its done trials; run only those,
+    # nothing trains and the failed trial is left for later.
+    archived, other = tmp_path / "tiny_sweep.json", f"sqlite:///{tmp_path / 'other.db'}"
+    assert archive.main(["export", "--sweep", "tiny_sweep", "--out", str(archived), "--tracking-uri", mlflow_uri]) == 0
+    assert archive.main(["import", str(archived), "--tracking-uri", other]) == 0
+    capsys.readouterr()
+    assert sweep.main(["--grid", str(grid), "--set", f"tracking.uri={other}", "--trials", "0,2"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming sweep tiny_sweep: 2 trial(s) already done" in printed
+    assert "sweep tiny_sweep: 0 of 3 trials to run" in printed and "started" not in printed
+    assert "1 of 3 trials not run yet: select them with --trials or drop it" in printed
+    moved = report.find_parent(other, "tiny_sweep")
+    assert moved.info.status == "KILLED" and moved.data.tags["error"].endswith("(outside --trials): tiny_sweep-001")
 
 
 def test_asha_stops_the_weaker_trial_at_its_first_rung(
