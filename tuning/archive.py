@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     into.add_argument("archive", type=Path, help="archive file written by export")
     into.add_argument("--tracking-uri", help="MLflow store to write (created if new) [the default store]")
     args = parser.parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
     from pipeline.pretrain import configure_logging
 
     configure_logging(False)
@@ -46,14 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"sweep {record['sweep']}: {done} done trial(s) of {planned} written to {args.out}")
             return 0
         record = read_archive(args.archive)
-        parent, imported, present = import_sweep(check_store(uri), record, str(args.archive))
-    except (SweepRecordError, TrackingError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        parent, imported, present, clashing = import_sweep(check_store(uri), record, str(args.archive))
+    except (SweepRecordError, TrackingError, OSError, MlflowException) as exc:
+        print(f"error: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}", file=sys.stderr)
         return 2
     print(
         f"sweep {record['sweep']}: {len(imported)} trial(s) imported, {len(present)} already in the store; "
         f"MLflow parent run {parent} in {uri}"
     )
+    if clashing:
+        print(f"not imported: {', '.join(clashing)} (the store holds an unfinished run of each; the sweep reruns them)")
     return 0
 
 

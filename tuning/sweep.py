@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ConfigError, ExperimentConfig, with_overrides
+from pipeline.config import ConfigError, ExperimentConfig, flatten, with_overrides
 from pipeline.record import sweep as sweep_record
 from pipeline.record.names import SWEEP_TAG, TRIAL_TAG
 from pipeline.record.store import TrackingError, reachable_store
@@ -65,9 +65,11 @@ class SweepOutcome:
     @property
     def status(self) -> str:
         """Return the parent run's MLflow status: KILLED while trials are left, FAILED if one failed, else FINISHED."""
-        if self.unfinished or self.pending:
+        if self.unfinished:
             return "KILLED"
-        return "FAILED" if self.failed else "FINISHED"
+        if self.failed:
+            return "FAILED"
+        return "KILLED" if self.pending else "FINISHED"
 
     @property
     def reason(self) -> str | None:
@@ -185,34 +187,64 @@ def asha_scheduler(grid: Grid) -> Any:
 
 def parse_selection(text: str, grid: Grid) -> list[str]:
     """Return the names of the grid's trials that ``text`` selects (positions like ``3,7-12``, or trial names)."""
-    by_index = {trial.index: trial.name for trial in grid.trials}
-    names = set(by_index.values())
-    chosen: list[str] = []
+    last_index = len(grid.trials) - 1
+    names = {trial.name for trial in grid.trials}
+    chosen: set[str] = set()
     for part in (piece.strip() for piece in text.split(",")):
         if part in names:
-            chosen.append(part)
+            chosen.add(part)
             continue
-        low, _, high = part.partition("-")
+        low, dash, high = part.partition("-")
         try:
-            first, last = int(low), int(high or low)
+            first, last = int(low), int(high if dash else low)
         except ValueError:
-            raise GridError(
-                f"--trials: {part!r} is neither a trial position (like 3 or 7-12) nor a trial name"
-            ) from None
-        outside = [index for index in range(first, last + 1) if index not in by_index]
-        if first > last or outside:
-            raise GridError(f"--trials: {part!r} is outside the grid's positions 0-{len(grid.trials) - 1}")
-        chosen.extend(by_index[index] for index in range(first, last + 1))
-    return [trial.name for trial in grid.trials if trial.name in set(chosen)]
+            raise GridError(f"--trials: {part!r} is neither a position (like 3 or 7-12) nor a trial name") from None
+        if not 0 <= first <= last <= last_index:
+            raise GridError(f"--trials: {part!r} is outside the grid's positions 0-{last_index}")
+        chosen.update(trial.name for trial in grid.trials[first : last + 1])
+    return [trial.name for trial in grid.trials if trial.name in chosen]
 
 
-def kept_trials(plan: SweepPlan) -> set[str]:
-    """Return the trials whose run the sweep's store already holds done (finished, or stopped early by ASHA)."""
-    from pipeline.record.archive import done
+# Config keys that name the machine or the sweep's own bookkeeping, not what a trial computes: they may differ
+# between the run that did a trial and this sweep (another machine's data folder, store, workers).
+MACHINE_KEYS = ("ray.", "tracking.", "data.root", "data.num_workers")
 
-    parent = sweep_record.find_parent(plan.tracking_uri, plan.parent_run_id)
-    runs = sweep_record.child_runs(plan.tracking_uri, parent)
-    return {run.data.tags[TRIAL_TAG] for run in runs if TRIAL_TAG in run.data.tags and done(run)}
+
+def trial_settings(config: ExperimentConfig) -> dict[str, str]:
+    """Return the trial's recorded-param form of every setting that decides what it computes."""
+    return {key: str(value) for key, value in flatten(config).items() if not key.startswith(MACHINE_KEYS)}
+
+
+def kept_trials(grid: Grid, uri: str) -> set[str]:
+    """Return the trials whose run the store already holds done (complete, or stopped early by ASHA).
+
+    Raise SweepRecordError naming a done trial recorded with other settings than the grid now gives it, so
+    that a changed grid or ``--set`` never mixes with results computed under the old one.
+    """
+    try:
+        parent = sweep_record.find_parent(uri, grid.sweep_name)
+    except sweep_record.SweepRecordError:
+        return set()
+    by_name = {trial.name: trial for trial in grid.trials}
+    kept = set()
+    for run in sweep_record.child_runs(uri, parent):
+        trial = by_name.get(run.data.tags.get(TRIAL_TAG, ""))
+        if trial is None or not sweep_record.done(run):
+            continue
+        recorded = run.data.params
+        changed = {
+            key: (recorded[key], value)
+            for key, value in trial_settings(trial.config).items()
+            if key in recorded and recorded[key] != value
+        }
+        if changed:
+            detail = ", ".join(f"{key} = {now} (done with {was})" for key, (was, now) in sorted(changed.items()))
+            raise sweep_record.SweepRecordError(
+                f"trial {trial.name} is done in {uri} with other settings than this sweep gives it: {detail}; "
+                f"drop the change, or rename the grid to run a changed one"
+            )
+        kept.add(trial.name)
+    return kept
 
 
 def run_sweep(grid: Grid, max_concurrent: int, selected: list[str] | None = None) -> tuple[SweepPlan, SweepOutcome]:
@@ -232,14 +264,16 @@ def run_sweep(grid: Grid, max_concurrent: int, selected: list[str] | None = None
     storage = storage_root(reference.ray)
     check_storage(storage)
     uri = reachable_store(reference.tracking)
+    kept = kept_trials(grid, uri)
     ensure_ray(reference.ray)
     concurrent = check_cluster({trial.name: trial.config for trial in grid.trials}, max_concurrent)
     plan = plan_sweep(grid, uri, Path(storage) / "sweeps" / grid.sweep_name)
-    kept = kept_trials(plan)
     wanted = [trial.name for trial in grid.trials] if selected is None else selected
     to_run = [name for name in wanted if name not in kept]
     if kept:
         print(f"resuming sweep {grid.sweep_name}: {len(kept)} trial(s) already done in {uri} are kept")
+    if selected is not None and grid.spec.search == "asha":
+        print("note: ASHA compares only the trials of this run of the command, not the kept ones")
     print(
         f"sweep {grid.sweep_name}: {len(to_run)} of {len(grid.trials)} trials to run, up to {concurrent} at once; "
         f"MLflow parent run {plan.parent_run_id} in {plan.tracking_uri}"

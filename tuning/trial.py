@@ -19,7 +19,7 @@ from typing import Any
 from ray import tune
 
 from pipeline.config import ExperimentConfig, build_config
-from pipeline.record.sweep import record_failure
+from pipeline.record.sweep import mark_complete, record_failure
 
 # Reported with a trial's final figures: Tune's results carry bookkeeping keys even for trials that never reported.
 FINISHED_KEY = "sweep/finished"
@@ -76,6 +76,7 @@ class TrialStream:
 
         try:
             result = pretrain(self.config, on_epoch=self._on_epoch)
+            mark_complete(self.config.tracking, result.mlflow_run_id)
         except RunInterrupted as ended:
             self.results.put(("ended", ended))
         except BaseException as exc:  # noqa: BLE001 - handed to the trial's own thread, which raises it to Tune

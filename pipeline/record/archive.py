@@ -14,9 +14,10 @@ from typing import Any
 
 from pipeline.record.names import (
     GRID_TAG,
+    IMPORTED_TAG,
+    MACHINE_TAGS,
     PARENT_ROLE,
     PARENT_TAG,
-    STOPPED_TAG,
     SWEEP_ROLE_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
@@ -26,17 +27,11 @@ from pipeline.record.names import (
 )
 from pipeline.record.run import MAX_BATCH
 from pipeline.record.store import experiment_id, mlflow_client
-from pipeline.record.sweep import SweepRecordError, child_runs, find_parent, planned_trials
+from pipeline.record.sweep import SweepRecordError, child_runs, done, find_parent, planned_trials
 
 FORMAT = "contrastive-sweep-archive/1"
-# On an imported run: where its record came from, so that a figure is never mistaken for one measured in this store.
-IMPORTED_TAG = "imported_from"
 MAX_METRICS = 1000
-
-
-def done(run: Any) -> bool:
-    """Return whether a trial's run is done: FINISHED, or ended by the sweep's scheduler (``stopped_early``)."""
-    return run.info.status == "FINISHED" or (run.info.status == "KILLED" and STOPPED_TAG in run.data.tags)
+RUN_FIELDS = {"run_name": str, "status": str, "start_time": int, "params": dict, "tags": dict, "metrics": dict}
 
 
 def _run_record(client: Any, run: Any) -> dict[str, Any]:
@@ -45,7 +40,9 @@ def _run_record(client: Any, run: Any) -> dict[str, Any]:
         key: [[m.step, m.timestamp, m.value] for m in client.get_metric_history(run.info.run_id, key)]
         for key in sorted(run.data.metrics)
     }
-    tags = {key: value for key, value in run.data.tags.items() if not key.startswith("mlflow.")}
+    tags = {
+        key: value for key, value in run.data.tags.items() if not key.startswith("mlflow.") and key not in MACHINE_TAGS
+    }
     return {
         "run_name": run.info.run_name,
         "status": run.info.status,
@@ -77,7 +74,7 @@ def export_sweep(uri: str, sweep: str) -> dict[str, Any]:
 
 
 def read_archive(path: Path) -> dict[str, Any]:
-    """Return the archive stored at ``path``; raise SweepRecordError naming the path if it is not one."""
+    """Return the archive stored at ``path``; raise SweepRecordError naming the path and the first bad entry."""
     try:
         record = json.loads(path.read_text())
     except FileNotFoundError:
@@ -89,7 +86,30 @@ def read_archive(path: Path) -> dict[str, Any]:
     missing = [key for key in ("experiment", "sweep", "parent", "planned", "grid", "trials") if key not in record]
     if missing:
         raise SweepRecordError(f"sweep archive {path} lacks {', '.join(missing)}")
+    for where, run in [("parent", record["parent"])] + [(f"trials[{i}]", t) for i, t in enumerate(record["trials"])]:
+        _check_run(path, where, run)
     return record
+
+
+def _check_run(path: Path, where: str, run: Any) -> None:
+    """Raise SweepRecordError naming ``where`` in archive ``path`` if ``run`` is not a run record."""
+    if not isinstance(run, dict):
+        raise SweepRecordError(f"sweep archive {path}: {where} is not a run record")
+    for field, kind in RUN_FIELDS.items():
+        if not isinstance(run.get(field), kind):
+            raise SweepRecordError(f"sweep archive {path}: {where}.{field} is missing or not a {kind.__name__}")
+    for key, history in run["metrics"].items():
+        if not isinstance(history, list) or not all(_is_point(point) for point in history):
+            raise SweepRecordError(f"sweep archive {path}: {where}.metrics.{key} is not a list of [step, time, value]")
+
+
+def _is_point(point: Any) -> bool:
+    """Return whether ``point`` is a metric point ``[step, timestamp, value]`` of numbers."""
+    return (
+        isinstance(point, list)
+        and len(point) == 3
+        and all(isinstance(part, int | float) and not isinstance(part, bool) for part in point)
+    )
 
 
 def _create_run(client: Any, experiment: str, record: dict[str, Any], tags: dict[str, str]) -> str:
@@ -98,26 +118,32 @@ def _create_run(client: Any, experiment: str, record: dict[str, Any], tags: dict
 
     run = client.create_run(experiment, start_time=record["start_time"], tags=tags, run_name=record["run_name"])
     run_id = run.info.run_id
-    params = [Param(key, str(value)) for key, value in record["params"].items()]
-    for start in range(0, len(params), MAX_BATCH):
-        client.log_batch(run_id, params=params[start : start + MAX_BATCH])
-    metrics = [
-        Metric(key, value, timestamp, step)
-        for key, history in record["metrics"].items()
-        for step, timestamp, value in history
-    ]
-    for start in range(0, len(metrics), MAX_METRICS):
-        client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS])
-    if record["status"] != "RUNNING":
-        client.set_terminated(run_id, status=record["status"], end_time=record["end_time"])
+    try:
+        params = [Param(key, str(value)) for key, value in record["params"].items()]
+        for start in range(0, len(params), MAX_BATCH):
+            client.log_batch(run_id, params=params[start : start + MAX_BATCH])
+        metrics = [
+            Metric(key, float(value), int(timestamp), int(step))
+            for key, history in record["metrics"].items()
+            for step, timestamp, value in history
+        ]
+        for start in range(0, len(metrics), MAX_METRICS):
+            client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS])
+        client.set_terminated(run_id, status=record["status"], end_time=record.get("end_time"))
+    except BaseException:
+        # A half-written run would read as the trial's own run to the next import and to the sweep.
+        client.delete_run(run_id)
+        raise
     return run_id
 
 
-def import_sweep(uri: str, record: dict[str, Any], source: str) -> tuple[str, list[str], list[str]]:
-    """Return the parent run id and the imported and already-present trials after reading ``record`` into ``uri``.
+def import_sweep(uri: str, record: dict[str, Any], source: str) -> tuple[str, list[str], list[str], list[str]]:
+    """Return the parent run id and the imported, already-present and clashing trials after reading ``record``.
 
-    The sweep's parent is found (it must have planned the same trials) or created holding the archived grid;
-    a trial whose run the store already holds is left as it is, so importing twice records nothing twice.
+    The sweep's parent is found (it must have planned the same trials) or created holding the archived grid.
+    A trial the store already holds done is left as it is, so importing twice records nothing twice; a trial
+    of which the store holds a run that is not done (failed, interrupted) clashes and is not imported, since
+    the store's own run would then be one of two for that trial.
     """
     client = mlflow_client(uri)
     experiment = experiment_id(uri, record["experiment"])
@@ -132,14 +158,19 @@ def import_sweep(uri: str, record: dict[str, Any], source: str) -> tuple[str, li
     else:
         tags = {**record["parent"]["tags"], SWEEP_TAG: sweep, SWEEP_ROLE_TAG: PARENT_ROLE, IMPORTED_TAG: source}
         parent = _create_run(client, experiment, record["parent"], tags)
-        client.log_text(parent, json.dumps(record["planned"], indent=2), TRIALS_ARTIFACT)
-        client.log_text(parent, record["grid"]["text"], f"grid/{record['grid']['name']}")
-    imported, present = [], []
+        try:
+            client.log_text(parent, json.dumps(record["planned"], indent=2), TRIALS_ARTIFACT)
+            client.log_text(parent, record["grid"]["text"], f"grid/{record['grid']['name']}")
+        except BaseException:
+            client.delete_run(parent)
+            raise
+    imported, present, clashing = [], [], []
     for trial in record["trials"]:
         name = trial["tags"].get(TRIAL_TAG, trial["run_name"])
-        if client.search_runs([experiment], filter_string=children_filter(parent, name)):
-            present.append(name)
+        held = client.search_runs([experiment], filter_string=children_filter(parent, name))
+        if held:
+            (present if any(done(run) for run in held) else clashing).append(name)
             continue
         _create_run(client, experiment, trial, {**trial["tags"], PARENT_TAG: parent, IMPORTED_TAG: source})
         imported.append(name)
-    return parent, imported, present
+    return parent, imported, present, clashing

@@ -12,10 +12,16 @@ MODEL_ERROR_TAG = "model_error"
 PICTURE_ERROR_TAG = "picture_error"
 # On a trial's child run that an interrupted sweep left unfinished: when, and that a re-run resumes it.
 INTERRUPTED_TAG = "interrupted"
+# On a sweep trial's run whose pretraining and evaluation both ended (when): the sweep keeps such a trial.
+COMPLETE_TAG = "trial_complete"
+# On a run read into this store from a sweep's archive: the archive it came from.
+IMPORTED_TAG = "imported_from"
 RUN_NAME_TAG = "run_name"
 RUN_DIR_TAG = "run_dir"
 METHOD_TAG = "method"
 CHECKPOINT_TAG = "checkpoint"
+# Tags naming folders on the machine a run trained on; meaningless in another store.
+MACHINE_TAGS = (RUN_DIR_TAG, CHECKPOINT_TAG)
 SWEEP_TAG = "sweep"
 SWEEP_ROLE_TAG = "sweep_role"
 PARENT_ROLE = "parent"

@@ -11,6 +11,7 @@ from typing import Any
 
 from pipeline.config import TrackingConfig
 from pipeline.record.names import (
+    COMPLETE_TAG,
     ERROR_TAG,
     GRID_TAG,
     INTERRUPTED_TAG,
@@ -26,6 +27,8 @@ from pipeline.record.names import (
 )
 from pipeline.record.run import RunHandle, log_params, log_text
 from pipeline.record.store import experiment_id, mlflow_client
+
+SEARCH_PAGE = 1000
 
 
 class SweepRecordError(ValueError):
@@ -89,9 +92,33 @@ def find_parent(uri: str, sweep: str) -> Any:
 
 
 def child_runs(uri: str, parent: Any) -> list[Any]:
-    """Return every child run of the sweep parent run ``parent`` (all attempts of every trial)."""
+    """Return every child run of the sweep parent run ``parent`` (all attempts of every trial, every page)."""
     client = mlflow_client(uri)
-    return client.search_runs([parent.info.experiment_id], filter_string=children_filter(parent.info.run_id))
+    runs: list[Any] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=children_filter(parent.info.run_id),
+            max_results=SEARCH_PAGE,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def done(run: Any) -> bool:
+    """Return whether a trial's run is done: complete (pretrained and evaluated), or stopped early by the scheduler."""
+    if run.info.status == "FINISHED":
+        return COMPLETE_TAG in run.data.tags
+    return run.info.status == "KILLED" and STOPPED_TAG in run.data.tags
+
+
+def mark_complete(tracking: TrackingConfig, run_id: str) -> None:
+    """Tag a trial's run complete: its pretraining and evaluation both ended, so the sweep keeps it from now on."""
+    mlflow_client(tracking.uri).set_tag(run_id, COMPLETE_TAG, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def find_child(tracking: TrackingConfig) -> str | None:

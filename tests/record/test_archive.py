@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from pipeline.record import archive, names, store
 from pipeline.record import sweep as sweep_record
@@ -33,6 +34,9 @@ def make_sweep(tmp_path: Path, uri: str, trials: list[dict] = TRIALS) -> tuple[s
         tags = {names.PARENT_TAG: parent, names.TRIAL_TAG: trial["name"], "axis.method.alpha": "x", "seed": "0"}
         if status == "KILLED":
             tags[names.STOPPED_TAG] = "1"
+        if status == "FINISHED":
+            tags[names.COMPLETE_TAG] = "2026-12-07T00:00:00Z"
+            tags[names.RUN_DIR_TAG] = "/somewhere/on/that/machine"
         run_id = client.create_run(experiment, tags=tags, run_name=trial["name"]).info.run_id
         client.log_param(run_id, "method.alpha", trial["axis_values"]["method.alpha"])
         for epoch in range(3 if status == "FINISHED" else 1):
@@ -67,8 +71,8 @@ def test_an_imported_sweep_holds_the_done_trials_as_they_were_recorded(tmp_path:
     assert [trial["tags"][names.TRIAL_TAG] for trial in record["trials"]] == ["grid-000", "grid-002"]
     assert record["planned"] == TRIALS
 
-    parent, imported, present = archive.import_sweep(other, json.loads(json.dumps(record)), "archive.json")
-    assert (imported, present) == (["grid-000", "grid-002"], [])
+    parent, imported, present, clashing = archive.import_sweep(other, json.loads(json.dumps(record)), "archive.json")
+    assert (imported, present, clashing) == (["grid-000", "grid-002"], [], [])
     assert sweep_record.planned_trials(other, parent) == TRIALS
     moved, source = children(other, "grid"), MlflowClient(mlflow_uri)
     client = MlflowClient(other)
@@ -82,13 +86,15 @@ def test_an_imported_sweep_holds_the_done_trials_as_they_were_recorded(tmp_path:
             history = [(m.step, m.value, m.timestamp) for m in client.get_metric_history(now.info.run_id, key)]
             assert history == [(m.step, m.value, m.timestamp) for m in source.get_metric_history(runs[trial], key)]
     assert names.STOPPED_TAG in moved["grid-002"].data.tags
+    # A folder of the machine the trial trained on means nothing here.
+    assert names.RUN_DIR_TAG not in moved["grid-000"].data.tags
     # The report reads the imported store: the finished trial's last kNN figure, the failed one pending.
     written = report.write_report(other, "grid", tmp_path / "report")
     assert "**32.00**" in written.markdown
     assert "pending" in written.markdown
 
     again = archive.import_sweep(other, record, "archive.json")
-    assert again == (parent, [], ["grid-000", "grid-002"])
+    assert again == (parent, [], ["grid-000", "grid-002"], [])
     assert len(sweep_record.child_runs(other, sweep_record.find_parent(other, "grid"))) == 2
 
 
@@ -113,7 +119,10 @@ def test_the_command_round_trips_and_refuses_bad_files_in_one_line(
     assert archive_command.main(["import", str(out), "--tracking-uri", other]) == 0
     assert "sweep grid: 2 trial(s) imported, 0 already in the store" in capsys.readouterr().out
 
-    foreign = tmp_path / "foreign.json"
+    foreign, odd = tmp_path / "foreign.json", tmp_path / "odd.json"
+    exported = json.loads(out.read_text())
+    exported["trials"][1]["metrics"]["knn/top1"] = [[0, 1, "high"]]
+    odd.write_text(json.dumps(exported))
     foreign.write_text(json.dumps({"format": "something-else"}))
     broken = tmp_path / "broken.json"
     broken.write_text("{not json")
@@ -121,6 +130,7 @@ def test_the_command_round_trips_and_refuses_bad_files_in_one_line(
         (["import", str(tmp_path / "missing.json")], "no sweep archive at"),
         (["import", str(foreign)], "is not a sweep archive (its 'format'"),
         (["import", str(broken)], "broken.json is not a sweep archive"),
+        (["import", str(odd)], "trials[1].metrics.knn/top1 is not a list of [step, time, value]"),
         (
             ["export", "--sweep", "nope", "--out", str(tmp_path / "x.json")],
             "no sweep named or with parent run id 'nope'",
@@ -131,3 +141,63 @@ def test_the_command_round_trips_and_refuses_bad_files_in_one_line(
         error = capsys.readouterr().err
         assert message in error and len(error.strip().splitlines()) == 1, error
     assert not (tmp_path / "x.json").exists()
+
+
+def test_a_finished_run_is_done_only_once_complete_and_a_stopped_one_only_when_stopped_by_the_scheduler(
+    tmp_path: Path, mlflow_uri: str
+) -> None:
+    client = MlflowClient(mlflow_uri)
+    experiment = store.experiment_id(mlflow_uri, "contrastive")
+    cases = [
+        ("FINISHED", {names.COMPLETE_TAG: "t"}, True),
+        # Finished pretraining whose evaluation then failed or was cut short: run again.
+        ("FINISHED", {names.ERROR_TAG: "evaluation failed"}, False),
+        ("KILLED", {names.STOPPED_TAG: "2"}, True),
+        ("KILLED", {names.INTERRUPTED_TAG: "t"}, False),
+        ("FAILED", {}, False),
+    ]
+    for status, tags, expected in cases:
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        client.set_terminated(run_id, status=status)
+        assert sweep_record.done(client.get_run(run_id)) is expected, (status, tags)
+
+
+def test_a_trial_the_store_holds_unfinished_is_not_imported_beside_it(tmp_path: Path, mlflow_uri: str) -> None:
+    other = fresh_store(tmp_path, mlflow_uri, "other.db")
+    make_sweep(tmp_path, mlflow_uri)
+    # The other store ran the same sweep: grid-000 failed there, grid-002 was never started.
+    parent, _ = make_sweep(tmp_path, other)
+    client = MlflowClient(other)
+    for run in sweep_record.child_runs(other, sweep_record.find_parent(other, "grid")):
+        if run.data.tags[names.TRIAL_TAG] != "grid-001":
+            client.delete_run(run.info.run_id)
+    failed = client.create_run(
+        store.experiment_id(other, "contrastive"), tags={names.PARENT_TAG: parent, names.TRIAL_TAG: "grid-000"}
+    ).info.run_id
+    client.set_terminated(failed, status="FAILED")
+    result = archive.import_sweep(other, archive.export_sweep(mlflow_uri, "grid"), "archive.json")
+    assert result == (parent, ["grid-002"], [], ["grid-000"])
+    assert sorted(children(other, "grid")) == ["grid-000", "grid-001", "grid-002"]
+
+
+def test_a_run_that_cannot_be_written_whole_is_removed(
+    tmp_path: Path, mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = fresh_store(tmp_path, mlflow_uri, "other.db")
+    make_sweep(tmp_path, mlflow_uri)
+    record = archive.export_sweep(mlflow_uri, "grid")
+    parent, *_ = archive.import_sweep(other, {**record, "trials": []}, "archive.json")
+
+    def refuse(self: MlflowClient, run_id: str, metrics: object = (), **kwargs: object) -> None:
+        if metrics:
+            raise MlflowException("the store refused the batch")
+        original(self, run_id, metrics=metrics, **kwargs)
+
+    original = MlflowClient.log_batch
+    monkeypatch.setattr(MlflowClient, "log_batch", refuse)
+    with pytest.raises(MlflowException, match="refused"):
+        archive.import_sweep(other, record, "archive.json")
+    monkeypatch.undo()
+    assert children(other, "grid") == {}
+    # Nothing half-written is left to pass for the trial: a later import brings it in whole.
+    assert archive.import_sweep(other, record, "archive.json")[1] == ["grid-000", "grid-002"]

@@ -7,9 +7,12 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Param
 
 from pipeline.config import ConfigError
 from pipeline.record import names, store
+from pipeline.record import sweep as sweep_record
 from pipeline.runtime.cluster import ResourceError
 from tests.support.configs import TINY
 from tuning import report, sweep
@@ -124,3 +127,24 @@ def test_trials_are_selected_by_position_range_or_name_in_grid_order_and_a_bad_s
     # The command refuses it before anything runs: no Ray, no store.
     assert sweep.main(["--grid", str(write_grid(tmp_path)), "--trials", "0,5"]) == 2
     assert "--trials: '5' is outside the grid's positions 0-1" in capsys.readouterr().err
+
+
+def test_a_done_trial_is_kept_only_under_the_settings_it_was_done_with(tmp_path: Path, mlflow_uri: str) -> None:
+    grid = load_grid(write_grid(tmp_path, **{"tracking.uri": mlflow_uri}))
+    assert sweep.kept_trials(grid, mlflow_uri) == set()  # no sweep of that name yet
+    parent = sweep.find_or_create_parent(mlflow_uri, "contrastive", grid)
+    client, experiment = MlflowClient(mlflow_uri), store.experiment_id(mlflow_uri, "contrastive")
+    for trial, complete in zip(grid.trials, [True, False], strict=True):
+        tags = {names.PARENT_TAG: parent, names.TRIAL_TAG: trial.name}
+        if complete:
+            tags[names.COMPLETE_TAG] = "t"
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        # Recorded on another machine: its own data folder and store, which do not count.
+        settings = {**sweep.trial_settings(trial.config), "data.root": "/elsewhere", "tracking.uri": "sqlite:///x"}
+        client.log_batch(run_id, params=[Param(key, value) for key, value in settings.items()])
+        client.set_terminated(run_id, status="FINISHED")
+    # The second trial finished pretraining but was never tagged complete (its evaluation did not end): run again.
+    assert sweep.kept_trials(grid, mlflow_uri) == {"checks-000"}
+    changed = load_grid(write_grid(tmp_path, **{"tracking.uri": mlflow_uri, "optim.lr": 0.5}))
+    with pytest.raises(sweep_record.SweepRecordError, match=r"checks-000 is done .* optim.lr = 0.5 \(done with 0.12\)"):
+        sweep.kept_trials(changed, mlflow_uri)

@@ -32,6 +32,8 @@ class FakeRun:
         self.verdicts: list[bool] = []
 
     def __call__(self, config: ExperimentConfig, on_epoch: Any) -> Any:
+        experiment = store.experiment_id(config.tracking.uri, config.tracking.experiment)
+        self.run_id = MlflowClient(config.tracking.uri).create_run(experiment).info.run_id
         for epoch in range(1, EPOCHS + 1):
             if epoch == self.fail_at:
                 raise ValueError("loss is nan")
@@ -41,7 +43,8 @@ class FakeRun:
                 self.verdicts.append(go_on)
             if not go_on and epoch < EPOCHS:
                 raise RunInterrupted("fake", Path("."), epoch, EPOCHS, "run-id")
-        return SimpleNamespace(metrics={"knn/top1": 42.0}, evaluation={"backbone": {"top1": 50.0}})
+        figures = {"knn/top1": 42.0}
+        return SimpleNamespace(metrics=figures, evaluation={"backbone": {"top1": 50.0}}, mlflow_run_id=self.run_id)
 
 
 def three_epochs(tmp_path: Path, mlflow_uri: str, **overrides: object) -> ExperimentConfig:
@@ -69,6 +72,16 @@ def test_each_epoch_is_handed_out_and_the_run_waits_for_the_next_request(tmp_pat
     stream.close()
     assert run.trained == [1, 2, 3] and run.verdicts == [True, True, True]
     assert not stream.thread.is_alive()
+    # Pretrained and evaluated: the run is tagged complete, so a later run of the sweep keeps it.
+    assert names.COMPLETE_TAG in MlflowClient(mlflow_uri).get_run(run.run_id).data.tags
+
+
+def test_a_run_ended_at_an_epoch_is_not_tagged_complete(tmp_path: Path, mlflow_uri: str) -> None:
+    run = FakeRun()
+    stream = TrialStream(three_epochs(tmp_path, mlflow_uri), run)
+    assert stream.next_result()[EPOCH_KEY] == 1.0
+    stream.close()
+    assert names.COMPLETE_TAG not in MlflowClient(mlflow_uri).get_run(run.run_id).data.tags
 
 
 def test_closing_after_an_epoch_ends_the_run_at_that_epoch(tmp_path: Path, mlflow_uri: str) -> None:
@@ -109,10 +122,12 @@ def test_a_failing_run_raises_its_error_to_tune_and_records_it(tmp_path: Path, m
     config = tiny_config(
         tmp_path, mlflow_uri, **{"tracking.parent_run_id": parent, "tracking.tags": {"trial": "grid-000"}}
     )
-    stream = TrialStream(config, FakeRun(fail_at=2))
+    failing = FakeRun(fail_at=2)
+    stream = TrialStream(config, failing)
     assert stream.next_result()[EPOCH_KEY] == 1.0
     with pytest.raises(ValueError, match="loss is nan"):
         stream.next_result()
     stream.close()
+    assert names.COMPLETE_TAG not in client.get_run(failing.run_id).data.tags
     (recorded,) = client.search_runs([experiment], filter_string="tags.trial = 'grid-000'")
     assert recorded.data.tags[names.ERROR_TAG] == "loss is nan"
