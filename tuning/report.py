@@ -1,12 +1,13 @@
-"""Command line: ``python -m tuning.report --sweep NAME|PARENT_RUN_ID [--tracking-uri URI]``.
+"""Command line: ``python -m tuning.report --sweep NAME|PARENT_RUN_ID [--tracking-uri URI] [--metrics M1,M2]``.
 
-Reads a sweep's child runs back from MLflow and writes the comparison in the form the papers'
-ablation tables use: one row per grid point (axis values), the metric's mean ± std over seeds, the
-best row marked, pending, failed, interrupted and (ASHA) early-stopped trials shown. Writes ``report.md``,
-``report.csv``, one plot of the metric against each axis (one line per value of another axis) and the
-learning curves of the best and the worst trial, the learning curves of every trial on one figure, and
-logs them all as artifacts of the sweep's parent run. Works on a sweep in progress.
-"""
+Reads a sweep's child runs back from MLflow and writes the comparison in the form the papers' ablation
+tables use: one row per grid point (axis values; blank where the point leaves a zipped key at its
+config's value), the metric's mean ± std over seeds (and each of ``--metrics``, e.g. the final kNN and
+the raw-pixel and untrained-network floors of the linear evaluation), the best row marked, pending,
+failed, interrupted and (ASHA) early-stopped trials shown. Writes ``report.md``, ``report.csv``, one
+plot of the metric against each axis (one line per value of another axis) and the learning curves of
+the best and the worst trial, the learning curves of every trial on one figure, and logs them all as
+artifacts of the sweep's parent run. Works on a sweep in progress."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from pipeline.record.sweep import child_runs, find_parent, planned_trials
 from tuning.grid import format_value
 
 LEARNING_CURVE_METRIC = "knn/top1"
+# How a zipped key a grid point leaves at its config's value reads among the axis values; blank in the table.
+UNSET = format_value(None)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class TrialRecord:
     run_id: str | None
     stopped_at: int | None = None
     partial: float | None = None
+    extras: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,8 @@ class Report:
     rows: list[dict[str, Any]]
 
 
-def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
-    """Return every planned trial with its status and metric value, and the grid's metric name and mode."""
+def collect(uri: str, parent: Any, extras: tuple[str, ...] = ()) -> tuple[list[TrialRecord], str, str]:
+    """Return every planned trial with its status, metric value and ``extras`` values, and the metric and mode."""
     planned = planned_trials(uri, parent.info.run_id)
     metric, mode = parent.data.params["metric"], parent.data.params["mode"]
     children = child_runs(uri, parent)
@@ -68,7 +72,8 @@ def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
     for trial in planned:
         child = by_name.get(trial["name"])
         status = "PENDING" if child is None else child.info.status
-        value = child.data.metrics.get(metric) if child is not None and status == "FINISHED" else None
+        figures = child.data.metrics if child is not None and status == "FINISHED" else {}
+        value = figures.get(metric)
         run_id = child.info.run_id if child is not None else None
         stopped = child is not None and STOPPED_TAG in child.data.tags
         records.append(
@@ -81,13 +86,31 @@ def collect(uri: str, parent: Any) -> tuple[list[TrialRecord], str, str]:
                 run_id,
                 stopped_at=int(child.data.tags[STOPPED_TAG]) if stopped else None,
                 partial=child.data.metrics.get(metric) if stopped else None,
+                extras={key: figures[key] for key in extras if key in figures},
             )
         )
     return records, metric, mode
 
 
-def summarise(records: list[TrialRecord], mode: str) -> list[dict[str, Any]]:
-    """Return one row per grid point: axis values, mean and std over finished seeds, counts, best flag."""
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Return the mean and sample standard deviation of ``values`` (std 0 for one value, both NaN for none)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def extra_figures(members: list[TrialRecord], extras: tuple[str, ...]) -> dict[str, float]:
+    """Return ``{metric:mean, metric:std, metric:n}`` for each extra metric over the members that logged it."""
+    figures: dict[str, float] = {}
+    for key in extras:
+        values = [member.extras[key] for member in members if member.extras and key in member.extras]
+        mean, std = mean_std(values)
+        figures.update({f"{key}:mean": mean, f"{key}:std": std, f"{key}:n": len(values)})
+    return figures
+
+
+def summarise(records: list[TrialRecord], mode: str, extras: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Return one row per grid point: axis values, mean and std over finished seeds (metric and ``extras``), counts."""
     groups: dict[str, list[TrialRecord]] = defaultdict(list)
     for record in records:
         groups[json.dumps(record.axis_values, sort_keys=True)].append(record)
@@ -109,6 +132,7 @@ def summarise(records: list[TrialRecord], mode: str) -> list[dict[str, Any]]:
                 "stopped": len(stopped),
                 "stopped_note": f"stopped at epoch {furthest.stopped_at} ({furthest.partial:.2f})" if furthest else "",
                 "best": False,
+                **extra_figures(members, extras),
             }
         )
     finished = [row for row in rows if row["finished"]]
@@ -118,9 +142,18 @@ def summarise(records: list[TrialRecord], mode: str) -> list[dict[str, Any]]:
     return rows
 
 
-def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str) -> str:
-    """Return the rows as a Markdown table (best row in bold, unfinished points marked)."""
-    header = [*axes, metric, "seeds done", "failed"]
+def extra_cell(row: dict[str, Any], key: str) -> str:
+    """Return an extra metric's cell: mean ± std over the seeds that logged it, blank if none did."""
+    count = row[f"{key}:n"]
+    if not count:
+        return ""
+    mean, std = row[f"{key}:mean"], row[f"{key}:std"]
+    return f"{mean:.2f} ± {std:.2f}" if count > 1 else f"{mean:.2f}"
+
+
+def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str, extras: tuple[str, ...] = ()) -> str:
+    """Return the rows as a Markdown table (best row in bold, unfinished points marked, unset axis values blank)."""
+    header = [*axes, metric, *extras, "seeds done", "failed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if row["finished"]:
@@ -130,17 +163,24 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str) -> 
             figure = row["stopped_note"]
         else:
             figure = "failed" if row["failed"] else "interrupted" if row["interrupted"] else "pending"
-        cells = [str(row[axis]) for axis in axes] + [figure, f"{row['finished']}/{row['seeds']}", str(row["failed"])]
+        cells = [
+            *("" if row[axis] == UNSET else str(row[axis]) for axis in axes),
+            figure,
+            *(extra_cell(row, key) for key in extras),
+            f"{row['finished']}/{row['seeds']}",
+            str(row["failed"]),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def write_csv(rows: list[dict[str, Any]], axes: list[str], path: Path) -> None:
-    """Write the rows as CSV (axis values, mean, std, finished, seeds, failed, stopped early, best)."""
+def write_csv(rows: list[dict[str, Any]], axes: list[str], path: Path, extras: tuple[str, ...] = ()) -> None:
+    """Write the rows as CSV (axis values, mean, std, each extra's mean and std, counts, stopped early, best)."""
     import csv
 
     with path.open("w", newline="") as handle:
-        fields = [*axes, "mean", "std", "finished", "seeds", "failed", "stopped", "best"]
+        measured = [f"{key}:{part}" for key in extras for part in ("mean", "std")]
+        fields = [*axes, "mean", "std", *measured, "finished", "seeds", "failed", "stopped", "best"]
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
@@ -245,12 +285,15 @@ def plot_all_learning_curves(uri: str, records: list[TrialRecord], folder: Path)
     return path
 
 
-def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
-    """Return the sweep's report after writing its files to ``folder`` (a temp folder if None) and to MLflow."""
+def write_report(uri: str, sweep: str, folder: Path | None = None, extras: tuple[str, ...] = ()) -> Report:
+    """Return the sweep's report after writing its files to ``folder`` (a temp folder if None) and to MLflow.
+
+    ``extras`` are further metrics shown beside the grid's own, each as mean ± std over the finished seeds.
+    """
     parent = find_parent(uri, sweep)
-    records, metric, mode = collect(uri, parent)
+    records, metric, mode = collect(uri, parent, extras)
     axes = list(records[0].axis_values) if records else []
-    rows = summarise(records, mode)
+    rows = summarise(records, mode, extras)
     folder = Path(folder or tempfile.mkdtemp(prefix="sweep-report-"))
     folder.mkdir(parents=True, exist_ok=True)
     counts = defaultdict(int)
@@ -258,11 +301,12 @@ def write_report(uri: str, sweep: str, folder: Path | None = None) -> Report:
         counts[record.status] += 1
     status = ", ".join(f"{count} {state.lower()}" for state, count in sorted(counts.items()))
     title = f"## Sweep {parent.data.tags.get(SWEEP_TAG, sweep)} ({metric}, {mode}; {status})"
-    protocol = metric_protocol(metric)
-    legend = f"{metric}: {protocol}.\n\n" if protocol else ""
-    markdown = f"{title}\n\n{legend}{markdown_table(rows, axes, metric)}\n"
+    legend = "".join(
+        f"{name}: {protocol}.\n\n" for name in dict.fromkeys((metric, *extras)) if (protocol := metric_protocol(name))
+    )
+    markdown = f"{title}\n\n{legend}{markdown_table(rows, axes, metric, extras)}\n"
     (folder / "report.md").write_text(markdown)
-    write_csv(rows, axes, folder / "report.csv")
+    write_csv(rows, axes, folder / "report.csv", extras)
     files = [folder / "report.md", folder / "report.csv", *plot_axes(rows, axes, metric, folder)]
     for curves in (plot_learning_curves(uri, records, mode, folder), plot_all_learning_curves(uri, records, folder)):
         if curves is not None:
@@ -279,10 +323,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", required=True, help="the sweep's name (e.g. ascl_k_mode-quick) or parent run id")
     parser.add_argument("--tracking-uri", help="MLflow store [the default store: sqlite:///mlflow.db here]")
     parser.add_argument("--out", help="folder for the report files [a temporary folder]")
+    parser.add_argument(
+        "--metrics",
+        default="",
+        help="further metrics to show, comma-separated (e.g. knn/top1,eval/features/raw_pixels/top1)",
+    )
     args = parser.parse_args(argv)
+    extras = tuple(name.strip() for name in args.metrics.split(",") if name.strip())
     try:
         uri = existing_store(args.tracking_uri or resolve_tracking_uri(TrackingConfig()))
-        report = write_report(uri, args.sweep, Path(args.out) if args.out else None)
+        report = write_report(uri, args.sweep, Path(args.out) if args.out else None, extras)
     except (ValueError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

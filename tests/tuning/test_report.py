@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.image
+import pytest
 from mlflow import MlflowClient
 
-from pipeline.record import store
-from tuning.report import TrialRecord, markdown_table, plot_all_learning_curves, summarise, trial_curves
+from pipeline.record import names, store
+from pipeline.record import sweep as sweep_record
+from tuning.report import TrialRecord, main, markdown_table, plot_all_learning_curves, summarise, trial_curves
 
 
 def test_every_trial_with_an_epoch_is_drawn_and_none_without(tmp_path: Path, mlflow_uri: str) -> None:
@@ -39,3 +41,42 @@ def test_the_report_shows_an_interrupted_trial_as_interrupted_not_pending() -> N
     ]
     table = markdown_table(summarise(records, "max"), ["method.temperature"], "knn/top1")
     assert "| 0.1 | interrupted | 0/1 | 0 |" in table and "| 0.2 | pending | 0/1 | 0 |" in table
+
+
+def test_further_metrics_get_their_own_columns_over_the_seeds_that_logged_them(
+    tmp_path: Path, mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: grid\n")
+    trials = [
+        {"name": f"grid-{index:03d}", "axis_values": {"method.name": name, "method.mode": mode}, "seed": seed}
+        for index, (name, mode, seed) in enumerate([("moco", None, 0), ("moco", None, 1), ("ascl", "hard", 0)])
+    ]
+    params = {"metric": "eval/features/backbone/top1", "mode": "max"}
+    parent = sweep_record.find_or_create_parent(mlflow_uri, "contrastive", "grid", trials, params, grid)
+    client, experiment = MlflowClient(mlflow_uri), store.experiment_id(mlflow_uri, "contrastive")
+    logged = [  # linear, kNN, raw-pixel floor (the ASCL trial logged no floor)
+        (45.0, 42.0, 28.0),
+        (47.0, 43.0, 29.0),
+        (48.0, 44.0, None),
+    ]
+    for trial, (linear, knn, pixels) in zip(trials, logged, strict=True):
+        tags = {names.PARENT_TAG: parent, names.TRIAL_TAG: trial["name"]}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        client.log_metric(run_id, "eval/features/backbone/top1", linear)
+        client.log_metric(run_id, "knn/top1", knn)
+        if pixels is not None:
+            client.log_metric(run_id, "eval/features/raw_pixels/top1", pixels)
+        client.set_terminated(run_id, status="FINISHED")
+    argv = ["--sweep", "grid", "--tracking-uri", mlflow_uri, "--out", str(tmp_path / "report")]
+    assert main([*argv, "--metrics", "knn/top1, eval/features/raw_pixels/top1"]) == 0
+    printed = capsys.readouterr().out
+    header = "| method.name | method.mode | eval/features/backbone/top1 | knn/top1 | eval/features/raw_pixels/top1 |"
+    assert header in printed
+    # The MoCo point leaves method.mode unset: a blank cell, not "null".
+    assert "| moco |  | 46.00 ± 1.41 | 42.50 ± 0.71 | 28.50 ± 0.71 | 2/2 | 0 |" in printed
+    assert "| ascl | hard | **48.00** | 44.00 |  | 1/1 | 0 |" in printed
+    # Each number's protocol is stated once.
+    assert "knn/top1: weighted kNN" in printed and "eval/features/raw_pixels/top1: offline linear probe" in printed
+    csv_header = (tmp_path / "report" / "report.csv").read_text().splitlines()[0]
+    assert csv_header.startswith("method.name,method.mode,mean,std,knn/top1:mean,knn/top1:std,")
