@@ -11,12 +11,11 @@ an unknown sweep, a store holding the sweep with other trials).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from pipeline.config import TrackingConfig
-from pipeline.record.archive import export_sweep, import_sweep, read_archive
+from pipeline.record.archive import archive_text, export_sweep, import_sweep, read_archive
 from pipeline.record.store import TrackingError, check_store, existing_store, resolve_tracking_uri
 from pipeline.record.sweep import SweepRecordError
 
@@ -43,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "export":
             record = export_sweep(existing_store(uri), args.sweep)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(record, indent=1) + "\n")
+            args.out.write_text(archive_text(record))
             done, planned = len(record["trials"]), len(record["planned"])
             print(f"sweep {record['sweep']}: {done} done trial(s) of {planned} written to {args.out}")
             return 0

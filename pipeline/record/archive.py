@@ -73,6 +73,14 @@ def export_sweep(uri: str, sweep: str) -> dict[str, Any]:
     }
 
 
+def archive_text(record: dict[str, Any]) -> str:
+    """Return ``record`` as JSON text with one line per top-level entry and per trial, so a diff shows trials."""
+    compact = {"separators": (",", ":"), "sort_keys": False}
+    lines = [f" {json.dumps(key)}: {json.dumps(value, **compact)}," for key, value in record.items() if key != "trials"]
+    trials = ",\n".join(f"  {json.dumps(trial, **compact)}" for trial in record["trials"])
+    return "{\n" + "\n".join(lines) + '\n "trials": [\n' + trials + "\n ]\n}\n"
+
+
 def read_archive(path: Path) -> dict[str, Any]:
     """Return the archive stored at ``path``; raise SweepRecordError naming the path and the first bad entry."""
     try:
@@ -129,7 +137,9 @@ def _create_run(client: Any, experiment: str, record: dict[str, Any], tags: dict
         ]
         for start in range(0, len(metrics), MAX_METRICS):
             client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS])
-        client.set_terminated(run_id, status=record["status"], end_time=record.get("end_time"))
+        # A sweep exported while it ran is not running in this store.
+        status = "KILLED" if record["status"] == "RUNNING" else record["status"]
+        client.set_terminated(run_id, status=status, end_time=record.get("end_time"))
     except BaseException:
         # A half-written run would read as the trial's own run to the next import and to the sweep.
         client.delete_run(run_id)

@@ -70,8 +70,14 @@ def test_an_imported_sweep_holds_the_done_trials_as_they_were_recorded(tmp_path:
     # The failed trial is not done: it is left out, so the sweep on the new store runs it again.
     assert [trial["tags"][names.TRIAL_TAG] for trial in record["trials"]] == ["grid-000", "grid-002"]
     assert record["planned"] == TRIALS
+    # The file form: valid JSON, one line per trial.
+    text = archive.archive_text(record)
+    assert json.loads(text) == json.loads(json.dumps(record)) and len(text.splitlines()) == 2 + 6 + 2 + 2
 
-    parent, imported, present, clashing = archive.import_sweep(other, json.loads(json.dumps(record)), "archive.json")
+    running = json.loads(json.dumps(record))
+    running["parent"]["status"] = "RUNNING"  # exported while the sweep ran
+    parent, imported, present, clashing = archive.import_sweep(other, running, "archive.json")
+    assert MlflowClient(other).get_run(parent).info.status == "KILLED"  # nothing runs it in this store
     assert (imported, present, clashing) == (["grid-000", "grid-002"], [], [])
     assert sweep_record.planned_trials(other, parent) == TRIALS
     moved, source = children(other, "grid"), MlflowClient(mlflow_uri)
