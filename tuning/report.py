@@ -157,7 +157,7 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str, ext
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if row["finished"]:
-            figure = f"{row['mean']:.2f} ± {row['std']:.2f}" if row["seeds"] > 1 else f"{row['mean']:.2f}"
+            figure = f"{row['mean']:.2f} ± {row['std']:.2f}" if row["finished"] > 1 else f"{row['mean']:.2f}"
             figure = f"**{figure}**" if row["best"] else figure
         elif row["stopped"]:
             figure = row["stopped_note"]

@@ -80,3 +80,12 @@ def test_further_metrics_get_their_own_columns_over_the_seeds_that_logged_them(
     assert "knn/top1: weighted kNN" in printed and "eval/features/raw_pixels/top1: offline linear probe" in printed
     csv_header = (tmp_path / "report" / "report.csv").read_text().splitlines()[0]
     assert csv_header.startswith("method.name,method.mode,mean,std,knn/top1:mean,knn/top1:std,")
+
+
+def test_a_point_with_one_finished_seed_shows_no_spread() -> None:
+    records = [
+        TrialRecord("grid-000", {"method.temperature": 0.1}, 0, "FINISHED", 45.88, "run0"),
+        TrialRecord("grid-001", {"method.temperature": 0.1}, 1, "PENDING", None, None),
+    ]
+    table = markdown_table(summarise(records, "max"), ["method.temperature"], "knn/top1")
+    assert "| 0.1 | **45.88** | 1/2 | 0 |" in table
