@@ -23,11 +23,10 @@ from pipeline.record.names import (
     TRIAL_TAG,
     TRIALS_ARTIFACT,
     children_filter,
-    sweep_parent_filter,
 )
 from pipeline.record.run import MAX_BATCH
 from pipeline.record.store import experiment_id, mlflow_client
-from pipeline.record.sweep import SweepRecordError, child_runs, done, find_parent, planned_trials
+from pipeline.record.sweep import SweepRecordError, child_runs, done, existing_parent, find_parent, planned_trials
 
 FORMAT = "contrastive-sweep-archive/1"
 MAX_METRICS = 1000
@@ -158,14 +157,8 @@ def import_sweep(uri: str, record: dict[str, Any], source: str) -> tuple[str, li
     client = mlflow_client(uri)
     experiment = experiment_id(uri, record["experiment"])
     sweep = record["sweep"]
-    found = client.search_runs([experiment], filter_string=sweep_parent_filter(sweep))
-    if found:
-        parent = found[0].info.run_id
-        if planned_trials(uri, parent) != record["planned"]:
-            raise SweepRecordError(
-                f"sweep {sweep} already exists in {uri} (MLflow run {parent}) with other trials than the archive's"
-            )
-    else:
+    parent = existing_parent(uri, experiment, sweep, record["planned"])
+    if parent is None:
         tags = {**record["parent"]["tags"], SWEEP_TAG: sweep, SWEEP_ROLE_TAG: PARENT_ROLE, IMPORTED_TAG: source}
         parent = _create_run(client, experiment, record["parent"], tags)
         try:

@@ -50,14 +50,8 @@ def find_or_create_parent(
     """
     client = mlflow_client(uri)
     experiment_key = experiment_id(uri, experiment)
-    found = client.search_runs([experiment_key], filter_string=sweep_parent_filter(sweep))
-    if found:
-        parent = found[0].info.run_id
-        if planned_trials(uri, parent) != json.loads(json.dumps(trials)):
-            raise SweepRecordError(
-                f"sweep {sweep} already exists (MLflow run {parent}) with other trials: "
-                f"rename the grid or remove the old sweep to run a changed grid"
-            )
+    parent = existing_parent(uri, experiment_key, sweep, trials)
+    if parent is not None:
         client.update_run(parent, status="RUNNING")
         return parent
     tags = {SWEEP_TAG: sweep, SWEEP_ROLE_TAG: PARENT_ROLE, GRID_TAG: str(grid_path)}
@@ -67,6 +61,24 @@ def find_or_create_parent(
     log_text(handle, json.dumps(trials, indent=2), TRIALS_ARTIFACT)
     log_text(handle, grid_path.read_text(), f"grid/{grid_path.name}")
     return run.info.run_id
+
+
+def existing_parent(uri: str, experiment_key: str, sweep: str, trials: list[dict[str, Any]]) -> str | None:
+    """Return the id of sweep ``sweep``'s parent run in the experiment, None if there is none.
+
+    Raise SweepRecordError if that parent planned other trials than ``trials``: a changed grid never mixes
+    with an old sweep's runs.
+    """
+    found = mlflow_client(uri).search_runs([experiment_key], filter_string=sweep_parent_filter(sweep))
+    if not found:
+        return None
+    parent = found[0].info.run_id
+    if planned_trials(uri, parent) != json.loads(json.dumps(trials)):
+        raise SweepRecordError(
+            f"sweep {sweep} already exists in {uri} (MLflow run {parent}) with other trials: "
+            f"rename the grid or remove the old sweep to run a changed grid"
+        )
+    return parent
 
 
 def planned_trials(uri: str, parent_run_id: str) -> list[dict[str, Any]]:
