@@ -24,7 +24,7 @@ from pipeline.record.names import (
     TRIALS_ARTIFACT,
     children_filter,
 )
-from pipeline.record.run import MAX_BATCH
+from pipeline.record.run import RunHandle, log_params
 from pipeline.record.store import experiment_id, mlflow_client
 from pipeline.record.sweep import SweepRecordError, child_runs, done, existing_parent, find_parent, planned_trials
 
@@ -119,16 +119,15 @@ def _is_point(point: Any) -> bool:
     )
 
 
-def _create_run(client: Any, experiment: str, record: dict[str, Any], tags: dict[str, str]) -> str:
+def _create_run(uri: str, experiment: str, record: dict[str, Any], tags: dict[str, str]) -> str:
     """Return the id of a new run holding ``record``'s params, metric histories and times, ended as it ended."""
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
+    client = mlflow_client(uri)
     run = client.create_run(experiment, start_time=record["start_time"], tags=tags, run_name=record["run_name"])
     run_id = run.info.run_id
     try:
-        params = [Param(key, str(value)) for key, value in record["params"].items()]
-        for start in range(0, len(params), MAX_BATCH):
-            client.log_batch(run_id, params=params[start : start + MAX_BATCH])
+        log_params(RunHandle(uri, experiment, run_id), record["params"])
         metrics = [
             Metric(key, float(value), int(timestamp), int(step))
             for key, history in record["metrics"].items()
@@ -160,7 +159,7 @@ def import_sweep(uri: str, record: dict[str, Any], source: str) -> tuple[str, li
     parent = existing_parent(uri, experiment, sweep, record["planned"])
     if parent is None:
         tags = {**record["parent"]["tags"], SWEEP_TAG: sweep, SWEEP_ROLE_TAG: PARENT_ROLE, IMPORTED_TAG: source}
-        parent = _create_run(client, experiment, record["parent"], tags)
+        parent = _create_run(uri, experiment, record["parent"], tags)
         try:
             client.log_text(parent, json.dumps(record["planned"], indent=2), TRIALS_ARTIFACT)
             client.log_text(parent, record["grid"]["text"], f"grid/{record['grid']['name']}")
@@ -174,6 +173,6 @@ def import_sweep(uri: str, record: dict[str, Any], source: str) -> tuple[str, li
         if held:
             (present if any(done(run) for run in held) else clashing).append(name)
             continue
-        _create_run(client, experiment, trial, {**trial["tags"], PARENT_TAG: parent, IMPORTED_TAG: source})
+        _create_run(uri, experiment, trial, {**trial["tags"], PARENT_TAG: parent, IMPORTED_TAG: source})
         imported.append(name)
     return parent, imported, present, clashing
