@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import colorsys
+import pickle
 
 import numpy as np
 import pytest
 
 from pipeline.config import DataConfig, SyntheticConfig
+from pipeline.data import synthetic
 from pipeline.data.build import build_source
 from pipeline.data.errors import DataError
 from pipeline.data.longtail import long_tail_counts
@@ -118,3 +120,28 @@ def test_shape_colour_carries_the_family_hue_and_members_cycle_textures() -> Non
         family_hue = source.superclass_of_class[source.labels[index]] / 3
         distance = abs((hue - family_hue + 0.5) % 1.0 - 0.5)
         assert distance < 0.06, (index, hue, family_hue)
+
+
+def test_a_rendering_is_kept_after_its_first_read_and_left_out_of_pickles(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = SyntheticShapes(20, 32, 2, 3, 5, 0)
+    drawn: list[int] = []
+    render = source.render
+    monkeypatch.setattr(source, "render", lambda index: drawn.append(index) or render(index))
+    first = [pixels(source, index) for index in (3, 7, 3, 7)]
+    assert drawn == [3, 7]
+    np.testing.assert_array_equal(first[0], first[2])
+    np.testing.assert_array_equal(first[0], np.asarray(render(3)))
+    monkeypatch.delattr(source, "render")
+    copy = pickle.loads(pickle.dumps(source))
+    assert copy._renderings is None and not copy._rendered.any()
+    np.testing.assert_array_equal(pixels(copy, 7), first[1])
+
+
+def test_a_split_too_large_to_keep_renders_on_every_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(synthetic, "RENDER_CACHE_BYTES", 20 * 32 * 32 * 3 - 1)
+    source = SyntheticShapes(20, 32, 2, 3, 5, 0)
+    drawn: list[int] = []
+    render = source.render
+    monkeypatch.setattr(source, "render", lambda index: drawn.append(index) or render(index))
+    np.testing.assert_array_equal(pixels(source, 4), pixels(source, 4))
+    assert drawn == [4, 4] and source._renderings is None
