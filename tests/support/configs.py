@@ -19,6 +19,9 @@ TINY = {
     "eval.knn_k": 10,
     "eval.pixel_baseline": False,
     "ray.num_workers": 2,
+    "ray.cpus_per_worker": 1,
+    # The reference path (PIL views in the loader); the batched device views have their own run tests.
+    "data.augment_on": "loader",
     # Seconds per run that only their own tests need (tiny_reference and the picture tests turn them on).
     "tracking.log_model": False,
     "eval.pictures": False,
