@@ -1,0 +1,51 @@
+"""The kNN-by-layer benchmark reproduces the run's own kNN monitor on the backbone and also reads the head's output."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.runtime.launch import pretrain
+from tests.support.configs import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_benchmark() -> ModuleType:
+    """Return the ``benchmarks/knn_layers.py`` module."""
+    spec = importlib.util.spec_from_file_location("knn_layers", ROOT / "benchmarks" / "knn_layers.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["knn_layers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_backbone_figures_are_the_monitors_and_the_head_is_measured(tmp_path: Path, mlflow_uri: str) -> None:
+    knn_layers = load_benchmark()
+    config = tiny_config(tmp_path, mlflow_uri, **{"ray.num_workers": 1, "train.epochs": 2})
+    result = pretrain(config, local=True)
+    run_dir = Path(result.checkpoint_path).parent
+    logged = {
+        point.step + 1: point.value
+        for point in MlflowClient(mlflow_uri).get_metric_history(result.mlflow_run_id, "knn/top1")
+    }
+    rows = knn_layers.knn_layers(run_dir, [])
+    assert [epochs for epochs, _, _ in rows] == [1, 2]
+    for epochs, backbone, head in rows:
+        assert backbone == pytest.approx(logged[epochs], abs=1e-9)
+        assert 0.0 <= head <= 100.0
+    assert [epochs for epochs, _, _ in knn_layers.knn_layers(run_dir, [], epochs=[2])] == [2]
+    with pytest.raises(SystemExit, match=r"--epochs \[3\]: .* epochs \[1, 2\] only"):
+        knn_layers.complete_checkpoints(run_dir, [2, 3])
+
+
+def test_a_run_without_a_checkpoint_is_named(tmp_path: Path) -> None:
+    knn_layers = load_benchmark()
+    with pytest.raises(SystemExit, match="no complete checkpoint"):
+        knn_layers.complete_checkpoints(tmp_path)
