@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.runtime.launch import pretrain
+from tests.support.benchmarks import load_benchmark
 from tests.support.configs import tiny_config
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_benchmark() -> ModuleType:
-    """Return the ``benchmarks/knn_layers.py`` module."""
-    spec = importlib.util.spec_from_file_location("knn_layers", ROOT / "benchmarks" / "knn_layers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["knn_layers"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_backbone_figures_are_the_monitors_and_the_head_is_measured(tmp_path: Path, mlflow_uri: str) -> None:
-    knn_layers = load_benchmark()
+    knn_layers = load_benchmark("knn_layers")
     config = tiny_config(tmp_path, mlflow_uri, **{"ray.num_workers": 1, "train.epochs": 2})
     result = pretrain(config, local=True)
     run_dir = Path(result.checkpoint_path).parent
@@ -46,6 +32,6 @@ def test_backbone_figures_are_the_monitors_and_the_head_is_measured(tmp_path: Pa
 
 
 def test_a_run_without_a_checkpoint_is_named(tmp_path: Path) -> None:
-    knn_layers = load_benchmark()
+    knn_layers = load_benchmark("knn_layers")
     with pytest.raises(SystemExit, match="no complete checkpoint"):
         knn_layers.complete_checkpoints(tmp_path)

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
 from pipeline.runtime.launch import pretrain
+from tests.support.benchmarks import load_benchmark
 from tests.support.configs import tiny_config
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def load_benchmark() -> ModuleType:
-    """Return the ``benchmarks/lr_phases.py`` module."""
-    spec = importlib.util.spec_from_file_location("lr_phases", ROOT / "benchmarks" / "lr_phases.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["lr_phases"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_phases_parse_and_bad_phases_are_named() -> None:
-    lr_phases = load_benchmark()
+    lr_phases = load_benchmark("lr_phases")
     assert lr_phases.parse_phases("0:40,0.03:8") == [(0.0, 40), (0.03, 8)]
     for bad in ("0.03", "x:4", "0.1:0", "-1:3"):
         with pytest.raises(ValueError, match=f"'{bad}'"):
@@ -35,7 +21,7 @@ def test_phases_parse_and_bad_phases_are_named() -> None:
 
 
 def test_zero_rate_freezes_the_online_encoder_and_windows_are_reported(tmp_path: Path, mlflow_uri: str) -> None:
-    lr_phases = load_benchmark()
+    lr_phases = load_benchmark("lr_phases")
     config = tiny_config(tmp_path, mlflow_uri, **{"ray.num_workers": 1, "train.epochs": 1})
     run_dir = Path(pretrain(config, local=True).checkpoint_path).parent
     config, source, method, optimizer, epoch = lr_phases.resume_method(run_dir, [])
