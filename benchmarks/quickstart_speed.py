@@ -5,11 +5,14 @@ in a fresh process with its own MLflow store and run folder, and this prints its
 pretraining, the kNN passes and the final evaluation included), the median images/s of its epochs after the
 first (``perf/images_per_s``: the training steps and their views, with the loader's waits) and its final kNN.
 The settings: ``defaults`` (the quickstart as shipped), ``loader-views`` (the PIL views made in one loader
-process beside a one-thread worker: the quickstart before the batched views) and ``local`` (the defaults
-with ``--local``: the same loop in this process, no Ray). Then the pure step (``benchmarks/train_step.py
---quickstart --methods moco`` at the defaults' thread count, views made on the device, no loader, no online
-probe) and each setting's epoch images/s over it. Needs Ray and MLflow (it runs the pipeline); run it on a
-quiet machine. Example: ``python benchmarks/quickstart_speed.py --epochs 8``.
+process beside a one-thread worker: the quickstart before the batched views), ``local`` (the defaults
+with ``--local``: the same loop in this process, no Ray) and ``bf16`` (``train.amp: bf16``: bf16 autocast, which
+pays on a CPU with bf16 units, AVX-512 BF16 or AMX, and slows others). Then the pure step
+(``benchmarks/train_step.py --quickstart --methods moco`` at the defaults' thread count, under each setting's
+``train.amp``, views made on the device, no loader, no online probe) and each setting's epoch images/s over it.
+Needs Ray and MLflow (it runs the pipeline); run it on a quiet machine.
+Example: ``python benchmarks/quickstart_speed.py --epochs 8``; bf16 against float32:
+``... --settings defaults bf16``.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ SETTINGS: dict[str, list[str]] = {
     "defaults": [],
     "loader-views": overrides("data.augment_on=loader", "data.num_workers=1", "ray.cpus_per_worker=1"),
     "local": ["--local"],
+    "bf16": overrides("train.amp=bf16"),
 }
+# The train.amp each setting runs under (the defaults' ``auto`` is float32 on a CPU).
+SETTING_AMP = {"bf16": "bf16"}
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) .*?knn ([\d.]+)% .*?(\d+) img/s", re.MULTILINE)
 STEP_LINE = re.compile(r"^moco .*?([\d.]+) images/s", re.MULTILINE)
 
@@ -56,9 +62,9 @@ def run_setting(arguments: list[str], epochs: int, folder: Path) -> tuple[float,
     return wall, [float(rate) for *_, rate in epochs_seen], float(epochs_seen[-1][2])
 
 
-def pure_step(threads: int, repeats: int) -> float:
-    """Return the median images/s of the quickstart's MoCo step with its views made on the device."""
-    command = [sys.executable, "benchmarks/train_step.py", "--quickstart", "--methods", "moco"]
+def pure_step(threads: int, repeats: int, amp: str) -> float:
+    """Return the median images/s of the quickstart's MoCo step under ``amp``, its views made on the device."""
+    command = [sys.executable, "benchmarks/train_step.py", "--quickstart", "--methods", "moco", "--amp", amp]
     command += ["--threads", str(threads), "--repeats", str(repeats), "--augment-on", "device"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     found = STEP_LINE.search(done.stdout)
@@ -86,10 +92,16 @@ def main() -> None:
                 f"{name:13s} wall {wall:6.1f} s   epochs 2-{args.epochs} {rates[name]:5.0f} img/s "
                 f"(per epoch {', '.join(f'{rate:.0f}' for rate in per_epoch)})   final kNN {knn:.2f}%"
             )
-    step = pure_step(args.threads, args.repeats)
-    print(f"pure step     {step:5.0f} img/s at {args.threads} threads (views on the device, no loader, no probe)")
+    steps = {
+        amp: pure_step(args.threads, args.repeats, amp) for amp in sorted({SETTING_AMP.get(n, "auto") for n in rates})
+    }
+    for amp, step in steps.items():
+        print(
+            f"pure step     {step:5.0f} img/s at {args.threads} threads, train.amp {amp} (views on the device, "
+            f"no loader, no probe)"
+        )
     for name, rate in rates.items():
-        print(f"{name:13s} epoch / pure step {rate / step:.2f}")
+        print(f"{name:13s} epoch / pure step {rate / steps[SETTING_AMP.get(name, 'auto')]:.2f}")
     if "defaults" in rates and "loader-views" in rates:
         print(f"defaults / loader-views {rates['defaults'] / rates['loader-views']:.2f}x img/s")
 

@@ -12,7 +12,8 @@ model-FLOP utilisation against its dense bf16 peak.
 Each measurement runs in a fresh process, so its memory figure is its own: the process's peak RSS
 growth on CPU, the peak allocated CUDA memory on a GPU. Numerics follow the run's defaults (``train.amp``,
 ``train.channels_last``, ``train.compile``) unless ``--amp``, ``--channels-last on|off`` or ``--compile on|off``
-set them. ``--levers`` also measures each method with each lever flipped (channels-last, compile, and for
+set them. ``--levers`` also measures each method with each lever flipped (channels-last, compile, autocast (off
+where the defaults resolve to bf16 on the device, bf16 where they resolve to off), and for
 methods with 5-D image views such as CPC's patch grid, those views left in the plain layout) and prints the
 ratio of the defaults' images/s to each. A compiled measurement's first step, compilation included, is
 printed as its cold start; ``--fresh-compile-cache`` starts the invocation with an empty inductor cache, so
@@ -172,6 +173,7 @@ class Case:
     channels_last: bool
     compile: bool
     grid_channels_last: bool = True
+    amp: str | None = None  # train.amp of this case; None: --amp or the run's default
     variant: str = "defaults"
 
 
@@ -200,8 +202,8 @@ def experiment_config(case: Case, args: argparse.Namespace) -> ExperimentConfig:
         overrides["model.batch_norm"] = args.batch_norm
     if args.bn_splits is not None:
         overrides["model.bn_splits"] = args.bn_splits
-    if args.amp is not None:
-        overrides["train.amp"] = args.amp
+    if (case.amp or args.amp) is not None:
+        overrides["train.amp"] = case.amp or args.amp
     if case.queue_size is not None:
         overrides["method.queue_size"] = case.queue_size
     if args.local_crops is not None:
@@ -284,6 +286,8 @@ def lever_cases(base: Case, args: argparse.Namespace) -> list[Case]:
         flipped = not getattr(base, lever)
         cases.append(replace(base, **{lever: flipped}, variant=f"{lever} {'on' if flipped else 'off'}"))
     config = experiment_config(base, args)
+    autocast_on = autocast_dtype(config.train.amp, torch.device(args.device)) is not None
+    cases.append(replace(base, amp="off" if autocast_on else "bf16", variant=f"amp {'off' if autocast_on else 'bf16'}"))
     method_class = get_method(parse_method(base.method)[0])
     if base.channels_last and has_image_groups(method_inputs(method_class, config, torch.device("cpu")).views):
         cases.append(replace(base, grid_channels_last=False, variant="grid channels_last off"))
@@ -381,6 +385,7 @@ def main() -> None:
         threads = f"{case.threads:2d} thr" if case.threads is not None else ""
         levers = f"cl {'on ' if case.channels_last else 'off'} compile {'on ' if case.compile else 'off'}"
         levers += "" if case.grid_channels_last else " grid plain"
+        levers += f" amp {case.amp}" if case.amp else ""
         memory = max(value.memory for value in measured[case])
         step_flops = measured[case][0].flops
         achieved = step_flops / args.batch_size * rates[case] / 1e12  # TFLOP/s
@@ -394,7 +399,9 @@ def main() -> None:
     for case in cases:
         if case.variant == "defaults":
             continue
-        base = replace(case, channels_last=channels_last, compile=compiled, grid_channels_last=True, variant="defaults")
+        base = replace(
+            case, channels_last=channels_last, compile=compiled, grid_channels_last=True, amp=None, variant="defaults"
+        )
         ratio = rates[base] / rates[case]
         cold = statistics.median(value.first_step for value in measured[base]) if base.compile else None
         print(

@@ -10,7 +10,8 @@ classifier, ``MoCoProjectionHead`` / ``SimCLRProjectionHead(512, 512, 128)``, ``
 forward per view. Both sides train on the same random images; each round times one project step, then one
 lightly step, so drifts of the machine touch both alike. Prints the median images/s of each and their ratio.
 Needs torch and lightly (``pip install -e '.[bench]'``), not Ray, MLflow or FAISS; exits 2 without lightly.
-Example: ``python benchmarks/vs_lightly.py --steps 10``; a lever off: ``... --set train.compile=false``.
+Example: ``python benchmarks/vs_lightly.py --steps 10``; a lever off: ``... --set train.compile=false``; lightly
+in bf16 autocast too (equal numerics): ``... --lightly-amp bf16``.
 """
 
 from __future__ import annotations
@@ -72,11 +73,17 @@ def project_step(method_name: str, images: tuple[torch.Tensor, torch.Tensor], ar
     return step
 
 
-def lightly_step(method_name: str, images: tuple[torch.Tensor, torch.Tensor]) -> Callable:
-    """Return a function running one step of lightly's documented MoCo or SimCLR training loop on ``images``."""
+def lightly_step(method_name: str, images: tuple[torch.Tensor, torch.Tensor], amp: str) -> Callable:
+    """Return a function running one step of lightly's documented MoCo or SimCLR loop on ``images``.
+
+    lightly's examples train in float32; ``amp`` bf16 wraps the same forward in CPU autocast, which a lightly user
+    would add by hand, so that a ratio can be read at equal numerics too.
+    """
     from lightly.loss import NTXentLoss
     from lightly.models.modules import MoCoProjectionHead, SimCLRProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16")
 
     resnet = torchvision.models.resnet18()
     backbone = nn.Sequential(*list(resnet.children())[:-1])
@@ -88,7 +95,8 @@ def lightly_step(method_name: str, images: tuple[torch.Tensor, torch.Tensor]) ->
         optimizer = torch.optim.SGD(model.parameters(), lr=0.06)
 
         def simclr() -> None:
-            loss = criterion(model(first), model(second))
+            with autocast:
+                loss = criterion(model(first), model(second))
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
@@ -105,9 +113,10 @@ def lightly_step(method_name: str, images: tuple[torch.Tensor, torch.Tensor]) ->
     def moco() -> None:
         update_momentum(backbone, backbone_momentum, m=0.99)
         update_momentum(head, head_momentum, m=0.99)
-        query = head(backbone(first).flatten(start_dim=1))
-        key = head_momentum(backbone_momentum(second).flatten(start_dim=1)).detach()
-        loss = criterion(query, key)
+        with autocast:
+            query = head(backbone(first).flatten(start_dim=1))
+            key = head_momentum(backbone_momentum(second).flatten(start_dim=1)).detach()
+            loss = criterion(query, key)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -132,6 +141,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed rounds (one step of each side per round)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (compilation included)")
     parser.add_argument("--set", nargs="*", default=[], help="the project's config overrides, e.g. train.compile=true")
+    parser.add_argument(
+        "--lightly-amp", choices=["off", "bf16"], default="off", help="lightly's numerics (off: its examples')"
+    )
     args = parser.parse_args()
     try:
         import lightly  # noqa: F401
@@ -141,13 +153,19 @@ def main() -> None:
         )
         raise SystemExit(2) from None
     torch.set_num_threads(args.threads)
-    print(f"CPU, {args.threads} threads, torchvision ResNet-18, {args.size} px, batch {args.batch_size}")
+    print(
+        f"CPU, {args.threads} threads, torchvision ResNet-18, {args.size} px, batch {args.batch_size}, "
+        f"lightly autocast {args.lightly_amp}"
+    )
     for method_name in args.methods:
         generator = torch.Generator().manual_seed(0)
         shape = (args.batch_size, 3, args.size, args.size)
         images = (torch.randn(shape, generator=generator), torch.randn(shape, generator=generator))
         torch.manual_seed(0)
-        sides = {"project": project_step(method_name, images, args), "lightly": lightly_step(method_name, images)}
+        sides = {
+            "project": project_step(method_name, images, args),
+            "lightly": lightly_step(method_name, images, args.lightly_amp),
+        }
         seconds: dict[str, list[float]] = {name: [] for name in sides}
         first_round = {name: timed(step) for name, step in sides.items()}
         for _ in range(args.warmup - 1):

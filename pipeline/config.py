@@ -137,6 +137,12 @@ class TrainConfig(Section):
     log_every_steps: int = Field(50, ge=1)
     inject_failure_at_epoch: int | None = Field(None, ge=0)
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _off_is_a_word(cls, value: Any) -> Any:
+        """Return ``off`` for YAML's false: an unquoted ``off`` in a file or ``--set`` parses as a boolean."""
+        return "off" if value is False else value
+
 
 class AugmentedProbeConfig(Section):
     """The papers' linear protocol (MoCo's defaults): crops and flips through the frozen backbone every epoch."""

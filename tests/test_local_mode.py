@@ -73,6 +73,7 @@ def test_a_local_run_is_bit_identical_to_the_ray_run(
         assert _history(uri, local.mlflow_run_id, metric) == _history(ray_uri, on_ray.mlflow_run_id, metric), metric
     run = MlflowClient(uri).get_run(local.mlflow_run_id)
     assert run.info.status == "FINISHED"
+    assert run.data.tags["autocast"] == "off"
     assert run.data.params["ray.num_workers"] == "1"
     # The local mode keeps the newest two epochs, as Ray Train's CheckpointConfig(num_to_keep=2) does.
     assert sorted(folder.name for folder in (tmp_path / "runs" / "in_process").glob("epoch_*")) == [
@@ -102,6 +103,19 @@ def test_a_local_run_stopped_by_a_failure_resumes_on_ray_exactly(
     _assert_same_state(load_checkpoint(Path(resumed.checkpoint_path)), load_checkpoint(Path(on_ray.checkpoint_path)))
     assert [step for step, _ in _history(mlflow_uri, run_id, "train/loss")] == [0, 1]
     assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_run_resumed_under_other_numerics_keeps_both_in_its_autocast_tag(tmp_path: Path, mlflow_uri: str) -> None:
+    overrides = {**ONE_WORKER, "ray.run_name": "numerics", "train.inject_failure_at_epoch": 2, "train.amp": "off"}
+    with pytest.raises(RuntimeError, match="injected failure"):
+        pretrain(tiny_config(tmp_path, mlflow_uri, **overrides), local=True)
+    run_id = (tmp_path / "runs" / "numerics" / "mlflow_run_id").read_text().strip()
+    assert MlflowClient(mlflow_uri).get_run(run_id).data.tags["autocast"] == "off"
+
+    resumed = pretrain(tiny_config(tmp_path, mlflow_uri, **{**overrides, "train.amp": "bf16"}), local=True)
+
+    assert resumed.mlflow_run_id == run_id
+    assert MlflowClient(mlflow_uri).get_run(run_id).data.tags["autocast"] == "off, then bfloat16"
 
 
 def test_a_local_run_refuses_several_workers(tmp_path: Path, mlflow_uri: str) -> None:

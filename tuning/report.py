@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrackingConfig
-from pipeline.record.names import STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, metric_protocol
+from pipeline.record.names import AUTOCAST_TAG, STOPPED_TAG, SWEEP_TAG, TRIAL_TAG, metric_protocol
 from pipeline.record.run import RunHandle, log_artifact, metric_history
 from pipeline.record.store import TrackingError, existing_store, resolve_tracking_uri
 from pipeline.record.sweep import child_runs, find_parent, planned_trials
@@ -32,6 +32,8 @@ from tuning.grid import format_value
 LEARNING_CURVE_METRIC = "knn/top1"
 # How a zipped key a grid point leaves at its config's value reads among the axis values; blank in the table.
 UNSET = format_value(None)
+# A finished run without the autocast tag (recorded before the tag existed, or imported from such a run).
+UNRECORDED = "unrecorded"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class TrialRecord:
     stopped_at: int | None = None
     partial: float | None = None
     extras: dict[str, float] | None = None
+    autocast: str | None = None  # the run's autocast tag (train.amp as its device resolved it), None if absent
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ def collect(uri: str, parent: Any, extras: tuple[str, ...] = ()) -> tuple[list[T
                 stopped_at=int(child.data.tags[STOPPED_TAG]) if stopped else None,
                 partial=child.data.metrics.get(metric) if stopped else None,
                 extras={key: figures[key] for key in extras if key in figures},
+                autocast=child.data.tags.get(AUTOCAST_TAG) if child is not None else None,
             )
         )
     return records, metric, mode
@@ -132,6 +136,9 @@ def summarise(records: list[TrialRecord], mode: str, extras: tuple[str, ...] = (
                 "stopped": len(stopped),
                 "stopped_note": f"stopped at epoch {furthest.stopped_at} ({furthest.partial:.2f})" if furthest else "",
                 "best": False,
+                "autocast": " + ".join(
+                    sorted({member.autocast or UNRECORDED for member in members if member.value is not None})
+                ),
                 **extra_figures(members, extras),
             }
         )
@@ -152,8 +159,13 @@ def extra_cell(row: dict[str, Any], key: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str, extras: tuple[str, ...] = ()) -> str:
-    """Return the rows as a Markdown table (best row in bold, unfinished points marked, unset axis values blank)."""
-    header = [*axes, metric, *extras, "seeds done", "failed"]
+    """Return the rows as a Markdown table (best row in bold, unfinished points marked, unset axis values blank).
+
+    Where the finished trials ran under different autocast, an ``autocast`` column says which ran under which.
+    """
+    numerics = {value for row in rows for value in row["autocast"].split(" + ") if value}
+    mixed = len(numerics) > 1
+    header = [*axes, metric, *extras, *(["autocast"] if mixed else []), "seeds done", "failed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if row["finished"]:
@@ -167,6 +179,7 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str, ext
             *("" if row[axis] == UNSET else str(row[axis]) for axis in axes),
             figure,
             *(extra_cell(row, key) for key in extras),
+            *([row["autocast"]] if mixed else []),
             f"{row['finished']}/{row['seeds']}",
             str(row["failed"]),
         ]
@@ -175,12 +188,12 @@ def markdown_table(rows: list[dict[str, Any]], axes: list[str], metric: str, ext
 
 
 def write_csv(rows: list[dict[str, Any]], axes: list[str], path: Path, extras: tuple[str, ...] = ()) -> None:
-    """Write the rows as CSV (axis values, mean, std, each extra's mean and std, counts, stopped early, best)."""
+    """Write the rows as CSV (axis values, mean, std, the extras' means and stds, counts, stopped, best, autocast)."""
     import csv
 
     with path.open("w", newline="") as handle:
         measured = [f"{key}:{part}" for key in extras for part in ("mean", "std")]
-        fields = [*axes, "mean", "std", *measured, "finished", "seeds", "failed", "stopped", "best"]
+        fields = [*axes, "mean", "std", *measured, "finished", "seeds", "failed", "stopped", "best", "autocast"]
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)

@@ -20,6 +20,8 @@ RUN_NAME_TAG = "run_name"
 RUN_DIR_TAG = "run_dir"
 METHOD_TAG = "method"
 CHECKPOINT_TAG = "checkpoint"
+# train.amp as the training device resolved it (bfloat16, float16 or off): runs of one config can differ in it.
+AUTOCAST_TAG = "autocast"
 # Tags naming folders on the machine a run trained on; meaningless in another store.
 MACHINE_TAGS = (RUN_DIR_TAG, CHECKPOINT_TAG)
 SWEEP_TAG = "sweep"

@@ -28,8 +28,8 @@ from pipeline.evaluation.monitor import extract_features, gather_by_index, knn_m
 from pipeline.evaluation.online_probe import ONLINE_PROBE_VIEW, OnlineProbe, probe_enabled
 from pipeline.evaluation.pictures import embedding_map_png
 from pipeline.methods import EpochContext, Method, StepInfo, build_method, get_method
-from pipeline.record.names import PICTURES_DIR
-from pipeline.record.run import RunHandle, last_logged_step, log_artifact, log_metrics, log_text
+from pipeline.record.names import AUTOCAST_TAG, PICTURES_DIR
+from pipeline.record.run import RunHandle, last_logged_step, log_artifact, log_metrics, log_text, run_tags, set_tags
 from pipeline.runtime.progress import ProgressReporter, format_duration
 from pipeline.training.checkpoints import checkpoint_epoch, incomplete_reason, load_checkpoint
 from pipeline.training.compilation import compile_networks
@@ -37,7 +37,7 @@ from pipeline.training.faults import FaultHooks
 from pipeline.training.optim import build_optimizer, lr_schedule
 from pipeline.training.seeding import seed_everything
 from pipeline.training.sessions import RayTrainSession, WorkerSession
-from pipeline.training.step import autocast_dtype, batch_to_device, to_device, train_step
+from pipeline.training.step import autocast_dtype, batch_to_device, cpu_has_native_bf16, to_device, train_step
 
 
 def _mean_across_workers(sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
@@ -388,6 +388,20 @@ def _go_on(setup: WorkerSetup, epochs_done: int) -> bool:
     return go_on
 
 
+def _record_autocast(run: RunHandle, setup: WorkerSetup) -> None:
+    """Tag the run with ``train.amp`` as this device resolved it, keeping an earlier attempt's if it differed."""
+    numerics = str(setup.amp_dtype).removeprefix("torch.") if setup.amp_dtype is not None else "off"
+    recorded = (run_tags(run.tracking_uri, run.run_id) or {}).get(AUTOCAST_TAG)
+    # A run resumed on other hardware may change numerics mid-run; the tag says so instead of hiding it.
+    if recorded is not None:
+        numerics = recorded if recorded.split(", then ")[-1] == numerics else f"{recorded}, then {numerics}"
+    hint = ""
+    if setup.device.type == "cpu" and setup.amp_dtype is None and cpu_has_native_bf16():
+        hint = "; this CPU has bf16 units: --set train.amp=bf16 trains faster, in other numerics"
+    setup.progress.say(f"autocast {numerics} (train.amp {setup.config.train.amp} on {setup.device.type}){hint}")
+    set_tags(run, {AUTOCAST_TAG: numerics})
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train one Ray Train worker's share of the run (``loop_config`` holds a ``LoopInputs``'s fields)."""
     run_loop(LoopInputs(**loop_config), RayTrainSession())
@@ -402,6 +416,8 @@ def run_loop(inputs: LoopInputs, session: WorkerSession) -> None:
     setup = _build(config, session, progress)
     start_epoch, global_step = _restore(setup, inputs.resume_from)
     run = RunHandle(**inputs.mlflow) if setup.rank == 0 and inputs.mlflow else None
+    if run is not None:
+        _record_autocast(run, setup)
     logged_up_to = last_logged_step(run, "train/loss") if run else -1
     faults = FaultHooks(run_dir, setup.rank, setup.world_size, config.train.inject_failure_at_epoch)
     epoch_times: list[float] = []

@@ -13,11 +13,18 @@ from pipeline.methods.context import Batch, StepInfo
 from pipeline.training.compilation import first_step_guard
 
 
+def cpu_has_native_bf16() -> bool:
+    """Return whether this CPU has bf16 arithmetic units (AVX-512 BF16 or AMX), on which bf16 autocast pays."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def autocast_dtype(amp: str, device: torch.device | None = None) -> torch.dtype | None:
     """Return the autocast dtype for ``train.amp`` on ``device`` (None when off).
 
-    ``auto`` is bf16 on a CUDA device and off elsewhere (and off when no device is given): bf16 autocast
-    slows the step on CPUs without bf16 matrix units, and needs no loss scaling on GPUs.
+    ``auto`` is bf16 on a CUDA device and off elsewhere (and off when no device is given). Not on a CPU, not
+    even one with bf16 units (``cpu_has_native_bf16``): there bf16 sped the quickstart's epochs up 1.5x but
+    moved its 8-epoch kNN from 79.5% to 72.1%, a change of result a default should not make unasked.
     """
     if amp == "auto":
         return torch.bfloat16 if device is not None and device.type == "cuda" else None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
 from pipeline.config import load_config
+from pipeline.training import step
 from pipeline.training.step import autocast_dtype, to_device
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
@@ -31,6 +34,25 @@ def test_autocast_dtype_resolves_auto_on_the_device(
 ) -> None:
     # Resolving needs no GPU: only the device's type is read.
     assert autocast_dtype(amp, device) is expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_stays_float32_on_a_cpu_even_with_bf16_units(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    monkeypatch.setattr(step, "cpu_has_native_bf16", lambda: native)
+    assert autocast_dtype("auto", CPU) is None
+    assert autocast_dtype("bf16", CPU) is torch.bfloat16
+
+
+@pytest.mark.parametrize("written", ["train.amp=off", "train.amp='off'", "train.amp=false"])
+def test_off_reads_as_off_although_yaml_reads_it_as_false(written: str) -> None:
+    assert load_config(None, [written]).train.amp == "off"
+
+
+def test_the_bf16_probe_agrees_with_the_cpu_flags() -> None:
+    flags = open("/proc/cpuinfo").read().split() if sys.platform == "linux" else None
+    if flags is None:
+        pytest.skip("reads /proc/cpuinfo, which only Linux has")
+    assert step.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_tile" in flags)
 
 
 def test_image_groups_flatten_to_channels_last_views() -> None:

@@ -89,3 +89,18 @@ def test_a_point_with_one_finished_seed_shows_no_spread() -> None:
     ]
     table = markdown_table(summarise(records, "max"), ["method.temperature"], "knn/top1")
     assert "| 0.1 | **45.88** | 1/2 | 0 |" in table
+
+
+def test_a_point_whose_seeds_ran_under_other_numerics_says_so_and_a_uniform_sweep_shows_no_column() -> None:
+    mixed = [
+        TrialRecord("grid-000", {"method.temperature": 0.1}, 0, "FINISHED", 45.0, "run0"),
+        TrialRecord("grid-001", {"method.temperature": 0.1}, 1, "FINISHED", 46.0, "run1", autocast="bfloat16"),
+        TrialRecord("grid-002", {"method.temperature": 0.2}, 0, "FINISHED", 44.0, "run2", autocast="bfloat16"),
+        TrialRecord("grid-003", {"method.temperature": 0.2}, 1, "PENDING", None, None),
+    ]
+    table = markdown_table(summarise(mixed, "max"), ["method.temperature"], "knn/top1")
+    assert "| method.temperature | knn/top1 | autocast | seeds done | failed |" in table
+    assert "| 0.1 | **45.50 ± 0.71** | bfloat16 + unrecorded | 2/2 | 0 |" in table
+    assert "| 0.2 | 44.00 | bfloat16 | 1/2 | 0 |" in table
+    uniform = [record for record in mixed if record.autocast == "bfloat16"]
+    assert "autocast" not in markdown_table(summarise(uniform, "max"), ["method.temperature"], "knn/top1")
