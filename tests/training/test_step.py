@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,10 +49,9 @@ def test_off_reads_as_off_although_yaml_reads_it_as_false(written: str) -> None:
     assert load_config(None, [written]).train.amp == "off"
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="the CPU's flags are read from /proc/cpuinfo, which only Linux has")
 def test_the_bf16_probe_agrees_with_the_cpu_flags() -> None:
-    flags = open("/proc/cpuinfo").read().split() if sys.platform == "linux" else None
-    if flags is None:
-        pytest.skip("reads /proc/cpuinfo, which only Linux has")
+    flags = Path("/proc/cpuinfo").read_text().split()
     assert step.cpu_has_native_bf16() == ("avx512_bf16" in flags or "amx_tile" in flags)
 
 
